@@ -1,0 +1,207 @@
+"""ResNet v1.5 (He et al. 2016) as Keras 3 functional models, channels_last.
+
+v1.5 is the variant torchvision, TF Model Garden and NVIDIA train: the
+bottleneck block downsamples in its 3x3 conv instead of its first 1x1 conv.
+Layers are named after their position, e.g. `stage2_block1_2_conv` is the
+second conv of the first block of the second stage, `..._proj_conv` the
+projection shortcut, so tests, checkpoints and summaries can refer to them.
+
+Models compute in the global Keras dtype policy (e.g. `mixed_bfloat16`) but
+always return float32 logits, so losses and metrics never see float16.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import keras
+from keras import layers
+
+_DATA_FORMAT = "channels_last"
+# Keras' momentum weights the old moving average, so 0.9 here is PyTorch's
+# momentum=0.1: the torchvision / flax / Model Garden settings.
+_BN_MOMENTUM = 0.9
+_BN_EPSILON = 1e-5
+_BOTTLENECK_EXPANSION = 4
+
+
+def _conv_initializer() -> keras.initializers.Initializer:
+    # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu"): an
+    # untruncated normal with std sqrt(2 / (k * k * out_channels)). A fresh
+    # instance per layer, because an unseeded Keras initializer returns the
+    # same values on every call.
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_out", distribution="untruncated_normal"
+    )
+
+
+def _dense_initializer() -> keras.initializers.Initializer:
+    # torchvision's nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    return keras.initializers.VarianceScaling(
+        scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+    )
+
+
+def _conv_bn(
+    x: keras.KerasTensor,
+    filters: int,
+    kernel_size: int,
+    name: str,
+    *,
+    strides: int = 1,
+    relu: bool = True,
+    zero_gamma: bool = False,
+) -> keras.KerasTensor:
+    """Conv (no bias: BN's beta replaces it) -> BatchNorm -> optional ReLU."""
+    padding = "same"
+    if strides > 1 and kernel_size > 1:
+        # Pad symmetrically, as torchvision does. Keras' "same" pads only the
+        # bottom/right on even sizes at stride 2, which shifts the sampling
+        # grid by one pixel relative to the reference implementations.
+        x = layers.ZeroPadding2D(kernel_size // 2, data_format=_DATA_FORMAT, name=f"{name}_pad")(x)
+        padding = "valid"
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        data_format=_DATA_FORMAT,
+        use_bias=False,
+        kernel_initializer=_conv_initializer(),
+        name=f"{name}_conv",
+    )(x)
+    x = layers.BatchNormalization(
+        axis=-1,
+        momentum=_BN_MOMENTUM,
+        epsilon=_BN_EPSILON,
+        gamma_initializer="zeros" if zero_gamma else "ones",
+        name=f"{name}_bn",
+    )(x)
+    if relu:
+        x = layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def _shortcut(x: keras.KerasTensor, filters: int, strides: int, name: str) -> keras.KerasTensor:
+    """Identity, or a 1x1 conv + BN projection where the shape changes."""
+    if strides == 1 and x.shape[-1] == filters:
+        return x
+    return _conv_bn(x, filters, 1, f"{name}_proj", strides=strides, relu=False)
+
+
+def _merge(
+    shortcut: keras.KerasTensor, residual: keras.KerasTensor, name: str
+) -> keras.KerasTensor:
+    x = layers.Add(name=f"{name}_add")([shortcut, residual])
+    return layers.ReLU(name=f"{name}_out")(x)
+
+
+def basic_block(
+    x: keras.KerasTensor, filters: int, *, strides: int, name: str, zero_init_residual: bool
+) -> keras.KerasTensor:
+    """Two 3x3 convs (ResNet-18/34); the first one downsamples."""
+    shortcut = _shortcut(x, filters, strides, name)
+    y = _conv_bn(x, filters, 3, f"{name}_1", strides=strides)
+    y = _conv_bn(y, filters, 3, f"{name}_2", relu=False, zero_gamma=zero_init_residual)
+    return _merge(shortcut, y, name)
+
+
+def bottleneck_block(
+    x: keras.KerasTensor, filters: int, *, strides: int, name: str, zero_init_residual: bool
+) -> keras.KerasTensor:
+    """1x1 reduce, 3x3, 1x1 expand (ResNet-50+); v1.5: the 3x3 downsamples."""
+    out_filters = filters * _BOTTLENECK_EXPANSION
+    shortcut = _shortcut(x, out_filters, strides, name)
+    y = _conv_bn(x, filters, 1, f"{name}_1")
+    # A strided 1x1 conv (v1) would skip 3/4 of its input pixels; striding
+    # the 3x3 instead costs a little speed for ~0.5% top-1 on ImageNet.
+    y = _conv_bn(y, filters, 3, f"{name}_2", strides=strides)
+    y = _conv_bn(y, out_filters, 1, f"{name}_3", relu=False, zero_gamma=zero_init_residual)
+    return _merge(shortcut, y, name)
+
+
+Block = Callable[..., keras.KerasTensor]
+
+
+def _resnet(
+    num_classes: int,
+    *,
+    stage_sizes: Sequence[int],
+    block: Block,
+    name: str,
+    zero_init_residual: bool,
+    width: int,
+    input_shape: tuple[int | None, int | None, int],
+) -> keras.Model:
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = _conv_bn(inputs, width, 7, "stem", strides=2)
+    # Zero padding is as good as -inf padding here: the inputs are post-ReLU.
+    x = layers.ZeroPadding2D(1, data_format=_DATA_FORMAT, name="stem_pool_pad")(x)
+    x = layers.MaxPooling2D(3, strides=2, data_format=_DATA_FORMAT, name="stem_pool")(x)
+    for i, num_blocks in enumerate(stage_sizes):
+        for j in range(num_blocks):
+            x = block(
+                x,
+                width * 2**i,
+                strides=2 if i > 0 and j == 0 else 1,
+                name=f"stage{i + 1}_block{j + 1}",
+                zero_init_residual=zero_init_residual,
+            )
+    # Pool and classify in float32 whatever the policy: the mean over a large
+    # feature map and the logits are where float16 would lose precision, and
+    # the loss must see float32 logits.
+    x = layers.GlobalAveragePooling2D(data_format=_DATA_FORMAT, dtype="float32", name="avg_pool")(x)
+    logits = layers.Dense(
+        num_classes, kernel_initializer=_dense_initializer(), dtype="float32", name="logits"
+    )(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+_VARIANTS: dict[str, Callable[..., keras.Model]] = {
+    "resnet18": functools.partial(_resnet, stage_sizes=(2, 2, 2, 2), block=basic_block),
+    "resnet34": functools.partial(_resnet, stage_sizes=(3, 4, 6, 3), block=basic_block),
+    "resnet50": functools.partial(_resnet, stage_sizes=(3, 4, 6, 3), block=bottleneck_block),
+    "resnet101": functools.partial(_resnet, stage_sizes=(3, 4, 23, 3), block=bottleneck_block),
+    "resnet152": functools.partial(_resnet, stage_sizes=(3, 8, 36, 3), block=bottleneck_block),
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_VARIANTS)
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    zero_init_residual: bool = False,
+    width: int = 64,
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+) -> keras.Model:
+    """Builds an uncompiled ResNet v1.5 that maps images to float32 logits.
+
+    Args:
+      name: one of `MODEL_NAMES`.
+      num_classes: size of the output layer.
+      zero_init_residual: start the last BN of every residual block at
+        gamma = 0, so each block starts as the identity (Goyal et al. 2017).
+      width: filters of the stem and first stage (64 is the standard ResNet;
+        narrower nets train on a CPU).
+      input_shape: (height, width, channels); the default None spatial dims
+        accept any image size >= 32 px.
+
+    Returns:
+      A functional `keras.Model` computing in the global dtype policy.
+    """
+    if name not in _VARIANTS:
+        raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}.")
+    if num_classes < 1 or width < 1:
+        raise ValueError(f"num_classes and width must be positive, got {num_classes} and {width}.")
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (height, width, channels), got {input_shape}.")
+    return _VARIANTS[name](
+        num_classes,
+        name=name,
+        zero_init_residual=zero_init_residual,
+        width=width,
+        input_shape=tuple(input_shape),
+    )
