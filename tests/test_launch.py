@@ -1,0 +1,605 @@
+"""Cloud launchers, run as a user runs them: `python -m launch.vertex` and `launch/tpu_vm.sh`.
+
+Nothing here reaches Google Cloud. Dry runs print the request; real submissions go to a
+fake Vertex AI endpoint on 127.0.0.1 (with a throw-away service-account key whose token
+URI is that fake too); uploads go to the shared fake-gcs-server fixture; `gcloud` is a
+stub on PATH that records its arguments.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from absl import flags
+
+REPO = Path(__file__).resolve().parents[1]
+TPU_SCRIPT = REPO / "launch" / "tpu_vm.sh"
+BASE = ["--project=p", "--region=us-central1", "--output_dir=gs://b/runs/r1",
+        "--display_name=test-job"]
+GPU_IMAGE = "us-central1-docker.pkg.dev/p/seedlings/trainer-gpu:abc"
+# Values for the shell variables used in the documented commands.
+DOC_VARS = {"PROJECT": "p", "REGION": "us-central1", "ZONE": "us-west4-a", "BUCKET": "gs://b",
+            "IMAGE": GPU_IMAGE, "TPU_IMAGE": "us-central1-docker.pkg.dev/p/seedlings/tpu:abc"}
+
+
+def hermetic_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """os.environ without any Google credentials or config, and no route to a metadata server."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("GOOGLE_", "CLOUDSDK_", "STORAGE_EMULATOR"))}
+    env.update(CLOUDSDK_CONFIG=str(tmp_path / "gcloud-config"), NO_GCE_CHECK="true",
+               GCE_METADATA_IP="127.0.0.1:9", GCE_METADATA_HOST="127.0.0.1:9",
+               no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+    env.update(extra)
+    return env
+
+
+def run_vertex(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "launch.vertex", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def dry_run_job(*args: str) -> dict[str, Any]:
+    result = run_vertex(*BASE, "--dry_run", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("launch.vertex: error: "), result.stderr
+    assert expected in lines[0]
+
+
+# ---- The request body of each job kind, field by field. ----
+
+
+def test_single_gpu_job() -> None:
+    job = dry_run_job(f"--image_uri={GPU_IMAGE}", "--machine_type=a2-highgpu-1g",
+                      "--", "--flagfile=configs/gpu_1x.cfg", "--data_dir=gs://b/records")
+
+    assert job["displayName"] == "test-job"
+    assert job["jobSpec"]["baseOutputDirectory"] == {"outputUriPrefix": "gs://b/runs/r1"}
+    (pool,) = job["jobSpec"]["workerPoolSpecs"]
+    assert pool["machineSpec"] == {"machineType": "a2-highgpu-1g",
+                                   "acceleratorType": "NVIDIA_TESLA_A100", "acceleratorCount": 1}
+    assert pool["replicaCount"] == 1
+    # No `command`: the image's ENTRYPOINT runs the trainer; one host needs no --strategy.
+    assert pool["containerSpec"] == {
+        "imageUri": GPU_IMAGE,
+        "args": ["--flagfile=configs/gpu_1x.cfg", "--data_dir=gs://b/records"],
+    }
+    assert set(job) == {"displayName", "jobSpec"}
+
+
+def test_n1_machine_takes_gpus_as_attachments() -> None:
+    job = dry_run_job(f"--image_uri={GPU_IMAGE}", "--machine_type=n1-standard-16",
+                      "--accelerator_type=NVIDIA_TESLA_V100", "--accelerator_count=4")
+    assert job["jobSpec"]["workerPoolSpecs"][0]["machineSpec"] == {
+        "machineType": "n1-standard-16", "acceleratorType": "NVIDIA_TESLA_V100",
+        "acceleratorCount": 4}
+
+
+def test_multi_worker_job_has_a_chief_pool_and_a_worker_pool() -> None:
+    job = dry_run_job(f"--image_uri={GPU_IMAGE}", "--machine_type=a2-highgpu-4g",
+                      "--replica_count=3", "--", "--data_dir=gs://b/records")
+
+    chief, workers = job["jobSpec"]["workerPoolSpecs"]
+    assert chief["replicaCount"] == 1
+    assert workers["replicaCount"] == 2
+    for pool in (chief, workers):
+        assert pool["machineSpec"] == {"machineType": "a2-highgpu-4g",
+                                       "acceleratorType": "NVIDIA_TESLA_A100",
+                                       "acceleratorCount": 4}
+        assert pool["containerSpec"] == {
+            "imageUri": GPU_IMAGE,
+            "args": ["--strategy=multi_worker_mirrored", "--data_dir=gs://b/records"],
+        }
+
+
+@pytest.mark.parametrize("machine_type, topology",
+                         [("ct5lp-hightpu-1t", "1x1"), ("ct5lp-hightpu-4t", "2x2"),
+                          ("ct5lp-hightpu-8t", "2x4")])
+def test_tpu_job(machine_type: str, topology: str) -> None:
+    job = dry_run_job("--image_uri=tpu-image", f"--machine_type={machine_type}",
+                      f"--tpu_topology={topology}", "--", "--flagfile=configs/tpu_v5e_8.cfg")
+
+    (pool,) = job["jobSpec"]["workerPoolSpecs"]
+    assert pool["machineSpec"] == {"machineType": machine_type, "tpuTopology": topology}
+    assert pool["replicaCount"] == 1
+    assert pool["containerSpec"] == {
+        "imageUri": "tpu-image",
+        "args": ["--strategy=tpu", "--tpu=local", "--flagfile=configs/tpu_v5e_8.cfg"],
+    }
+
+
+def test_tpu_topology_defaults_to_the_machines() -> None:
+    job = dry_run_job("--image_uri=tpu-image", "--machine_type=ct5lp-hightpu-4t")
+    assert job["jobSpec"]["workerPoolSpecs"][0]["machineSpec"]["tpuTopology"] == "2x2"
+
+
+def test_python_package_dry_run_builds_the_sdist_but_uploads_nothing(gcs_emulator: Any,
+                                                                     tmp_path: Path) -> None:
+    staging = f"gs://{gcs_emulator.bucket}/dry-run-staging"
+    result = run_vertex(*BASE, "--dry_run", f"--package={REPO}", f"--staging_bucket={staging}",
+                        "--", "--model=resnet50",
+                        env=hermetic_env(tmp_path, **gcs_emulator.storage_env))
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+
+    (pool,) = job["jobSpec"]["workerPoolSpecs"]
+    assert "containerSpec" not in pool
+    spec = pool["pythonPackageSpec"]
+    assert spec["executorImageUri"] == (
+        "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest")
+    (uri,) = spec["packageUris"]
+    assert re.fullmatch(rf"{staging}/test-job/seedlings-\d+\.\d+\.\d+\.tar\.gz", uri)
+    assert spec["pythonModule"] == "trainer.main"
+    assert spec["args"] == ["--model=resnet50"]
+    assert f"would upload {uri.rsplit('/', 1)[1]} to {uri}" in result.stderr
+    assert gcs_emulator.list_objects("dry-run-staging/") == []
+
+
+# ---- Mistakes: one line on stderr, exit status 1, nothing sent. ----
+
+GPU = [f"--image_uri={GPU_IMAGE}"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--region=us-central1", "--output_dir=gs://b/o", *GPU], "--project is required"),
+    (["--project=p", "--output_dir=gs://b/o", *GPU], "--region is required"),
+    (["--project=p", "--region=us-central1", *GPU], "--output_dir is required"),
+    (["--project=p", "--region=us central", "--output_dir=gs://b/o", *GPU], "not a region"),
+    (["--project=p", "--region=us-central1", "--output_dir=/tmp/out", *GPU],
+     "--output_dir must be a gs:// path"),
+    ([*BASE], "--image_uri is required"),
+    ([*BASE, *GPU, "--machine_type=n1-standard-8", "--accelerator_type=NVIDIA_TESLA_T4",
+      "--accelerator_count=8"], "--accelerator_count=8 is not allowed for NVIDIA_TESLA_T4"),
+    ([*BASE, *GPU, "--machine_type=n1-standard-8", "--accelerator_type=NVIDIA_L4"],
+     "takes --accelerator_type=NVIDIA_TESLA_T4|"),
+    ([*BASE, *GPU, "--machine_type=a2-highgpu-8g", "--accelerator_count=4"],
+     "a2-highgpu-8g comes with exactly 8 x NVIDIA_TESLA_A100, not 4"),
+    ([*BASE, *GPU, "--machine_type=g2-standard-8", "--accelerator_type=NVIDIA_TESLA_A100"],
+     "g2-standard-8 comes with exactly 1 x NVIDIA_L4"),
+    ([*BASE, *GPU, "--machine_type=e2-standard-8", "--accelerator_count=1"],
+     "e2-standard-8 takes no accelerators"),
+    ([*BASE, *GPU, "--machine_type=a2-highgpu-3g"], "unknown --machine_type=a2-highgpu-3g"),
+    ([*BASE, *GPU, "--machine_type=ct5lp-hightpu-8t", "--tpu_topology=2x2"],
+     "--tpu_topology=2x2 does not match ct5lp-hightpu-8t, a 2x4 slice"),
+    ([*BASE, *GPU, "--machine_type=a2-highgpu-1g", "--tpu_topology=2x4"],
+     "--tpu_topology needs a TPU machine type"),
+    ([*BASE, *GPU, "--machine_type=ct5lp-hightpu-8t", "--accelerator_count=8"],
+     "is a TPU machine"),
+    ([*BASE, *GPU, "--machine_type=ct5lp-hightpu-8t", "--replica_count=2"],
+     "TPU jobs run on one host"),
+    ([*BASE, *GPU, "--replica_count=0"], "--replica_count must be at least 1"),
+    ([*BASE, *GPU, "--replica_count=2", "--", "--strategy=mirrored"],
+     "--strategy=mirrored conflicts with this job's hardware, which needs "
+     "--strategy=multi_worker_mirrored"),
+    ([*BASE, *GPU, "--", "--data_dir", "gs://b/records"],
+     "trainer arguments must be --name=value flags, got 'gs://b/records'"),
+    ([*BASE, f"--package={REPO}"], "--package needs --staging_bucket"),
+    ([*BASE, *GPU, "--staging_bucket=gs://b/staging"],
+     "--staging_bucket is only used with --package"),
+    ([*BASE, f"--package={REPO}", "--staging_bucket=/tmp/staging"],
+     "--staging_bucket must be a gs:// path"),
+    ([*BASE, f"--package={REPO / 'configs'}", "--staging_bucket=gs://b/s"],
+     "is not a directory with a setup.py"),
+    ([*BASE, f"--package={REPO}", "--staging_bucket=gs://b/s", "--machine_type=ct5lp-hightpu-8t"],
+     "no prebuilt TPU executor"),
+])
+def test_bad_input_is_a_one_line_error(args: list[str], expected: str) -> None:
+    assert_one_line_error(run_vertex(*args, "--dry_run"), expected)
+
+
+def test_help_documents_every_flag() -> None:
+    result = run_vertex("--help")  # absl exits 1 after printing the help.
+    assert "Traceback" not in result.stderr
+    for name in ("project", "region", "image_uri", "output_dir", "display_name", "machine_type",
+                 "accelerator_type", "accelerator_count", "tpu_topology", "replica_count",
+                 "package", "staging_bucket", "api_endpoint", "dry_run"):
+        assert f"--{name}" in result.stdout, name
+
+
+def test_no_credentials_is_a_one_line_error(tmp_path: Path) -> None:
+    env = hermetic_env(tmp_path, GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "missing.json"))
+    # The endpoint is a closed local port: even found credentials could not reach anything.
+    result = run_vertex(*BASE, *GPU, "--api_endpoint=http://127.0.0.1:9", env=env)
+    assert_one_line_error(result, "no Google Cloud credentials")
+    assert "gcloud auth application-default login" in result.stderr
+
+
+# ---- Real submissions, to a fake Vertex AI on 127.0.0.1. ----
+
+
+class FakeVertex(http.server.ThreadingHTTPServer):
+    """Answers the OAuth token exchange and records `customJobs.create` requests."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _FakeVertexHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.requests: list[dict[str, Any]] = []
+        self.reply: tuple[int, dict[str, Any]] = (
+            200, {"name": "projects/123/locations/us-central1/customJobs/456"})
+
+
+class _FakeVertexHandler(http.server.BaseHTTPRequestHandler):
+    server: FakeVertex
+
+    def do_POST(self) -> None:  # noqa: N802 (the http.server naming)
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/token":
+            status, payload = 200, {"access_token": "fake-token", "token_type": "Bearer",
+                                    "expires_in": 3600}
+        else:
+            self.server.requests.append({"path": self.path, "body": json.loads(body),
+                                         "authorization": self.headers.get("Authorization")})
+            status, payload = self.server.reply
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_vertex(tmp_path: Path) -> Iterator[tuple[FakeVertex, dict[str, str]]]:
+    """The fake server, and an environment whose ADC is a key that trades tokens with it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    server = FakeVertex()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = tmp_path / "service-account.json"
+    key_file.write_text(json.dumps({
+        "type": "service_account", "project_id": "p", "private_key_id": "test",
+        "private_key": key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()).decode(),
+        "client_email": "trainer@p.iam.gserviceaccount.com", "client_id": "1",
+        "token_uri": f"{server.url}/token",
+    }))
+    try:
+        yield server, hermetic_env(tmp_path, GOOGLE_APPLICATION_CREDENTIALS=str(key_file))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_submit_prints_the_job_name_and_console_link(fake_vertex: tuple[FakeVertex, dict]) -> None:
+    server, env = fake_vertex
+    result = run_vertex(*BASE, *GPU, f"--api_endpoint={server.url}", "--",
+                        "--data_dir=gs://b/records", env=env)
+
+    assert result.returncode == 0, result.stderr
+    (request,) = server.requests
+    assert request["path"] == "/v1/projects/p/locations/us-central1/customJobs"
+    assert request["authorization"] == "Bearer fake-token"
+    assert request["body"] == dry_run_job(*GPU, "--", "--data_dir=gs://b/records")
+    assert result.stdout.splitlines() == [
+        "submitted projects/123/locations/us-central1/customJobs/456",
+        "https://console.cloud.google.com/vertex-ai/locations/us-central1/training/456?project=p",
+    ]
+
+
+def test_rejected_job_is_a_one_line_error(fake_vertex: tuple[FakeVertex, dict]) -> None:
+    server, env = fake_vertex
+    server.reply = (400, {"error": {"code": 400, "message": "Machine type\n is not supported.",
+                                    "status": "INVALID_ARGUMENT"}})
+    result = run_vertex(*BASE, *GPU, f"--api_endpoint={server.url}", env=env)
+    assert_one_line_error(
+        result, "Vertex AI rejected the job (HTTP 400): Machine type is not supported.")
+
+
+def test_package_is_uploaded_and_run_from_the_staging_bucket(
+        gcs_emulator: Any, fake_vertex: tuple[FakeVertex, dict]) -> None:
+    server, env = fake_vertex
+    env.update(gcs_emulator.storage_env)
+    staging = f"gs://{gcs_emulator.bucket}/staging"
+    result = run_vertex(*BASE, f"--package={REPO}", f"--staging_bucket={staging}",
+                        f"--api_endpoint={server.url}", "--", "--model=resnet50", env=env)
+    assert result.returncode == 0, result.stderr
+
+    (name,) = gcs_emulator.list_objects("staging/")
+    assert re.fullmatch(r"staging/test-job/seedlings-[\d.]+\.tar\.gz", name)
+    spec = server.requests[0]["body"]["jobSpec"]["workerPoolSpecs"][0]["pythonPackageSpec"]
+    assert spec["packageUris"] == [f"gs://{gcs_emulator.bucket}/{name}"]
+    # What Vertex would pip-install: the sdist of this repository, trainer included.
+    with tarfile.open(fileobj=io.BytesIO(gcs_emulator.read_object(name))) as sdist:
+        members = {m.split("/", 1)[1] for m in sdist.getnames() if "/" in m}
+    assert {"setup.py", "trainer/main.py", "input_pipeline/__init__.py"} <= members
+
+
+
+def test_upload_failure_is_a_one_line_error(gcs_emulator: Any, tmp_path: Path) -> None:
+    env = hermetic_env(tmp_path, **gcs_emulator.storage_env)
+    result = run_vertex(*BASE, f"--package={REPO}", "--staging_bucket=gs://no-such-bucket/s",
+                        "--api_endpoint=http://127.0.0.1:9", env=env)
+    assert_one_line_error(result, "uploading seedlings-")
+    assert "gs://no-such-bucket/s/test-job/" in result.stderr and "404" in result.stderr
+
+# ---- launch/tpu_vm.sh, with a recording `gcloud` stub on PATH. ----
+
+
+@pytest.fixture
+def gcloud_stub(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment whose `gcloud` logs its arguments; FAKE_*_RC choose its exit codes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "gcloud.log"
+    stub = bin_dir / "gcloud"
+    stub.write_text('#!/usr/bin/env bash\n'
+                    'printf "%s\\0" "$@" >> "$GCLOUD_LOG"; echo >> "$GCLOUD_LOG"\n'
+                    'case " $* " in\n'
+                    '  *" describe "*) exit "${FAKE_DESCRIBE_RC:-1}" ;;\n'
+                    '  *trainer.main*) exit "${FAKE_TRAIN_RC:-0}" ;;\n'
+                    'esac\n')
+    stub.chmod(0o755)
+    env = hermetic_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                       GCLOUD_LOG=str(log), TMPDIR=str(tmp_path))
+    return env, log
+
+
+def gcloud_calls(log: Path) -> list[list[str]]:
+    if not log.exists():
+        return []
+    return [line.split("\0")[:-1] for line in log.read_text().splitlines() if line]
+
+
+def run_tpu_script(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(TPU_SCRIPT), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+TPU_ARGS = ["--project=p", "--zone=us-west4-a", "--name=v5e", "--accelerator_type=v5litepod-8",
+            "--version=v2-alpha-tpuv5-lite"]
+WHERE = ["--zone=us-west4-a", "--project=p"]
+
+
+def test_tpu_script_dry_run_prints_the_gcloud_commands(gcloud_stub: tuple[dict, Path],
+                                                       tmp_path: Path) -> None:
+    env, log = gcloud_stub
+    result = run_tpu_script(*TPU_ARGS, "--delete", "--dry_run", "--",
+                            "--flagfile=configs/tpu_v5e_8.cfg", "--data_dir=gs://b/my records",
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    assert gcloud_calls(log) == []  # Printed, never run.
+
+    create, pack, scp, install, train, delete = map(shlex.split, result.stdout.splitlines())
+    tpu_vm = ["gcloud", "compute", "tpus", "tpu-vm"]
+    assert create == [*tpu_vm, "create", "v5e", *WHERE, "--accelerator-type=v5litepod-8",
+                      "--version=v2-alpha-tpuv5-lite"]
+    archive = str(tmp_path / "seedlings-v5e.tgz")
+    assert pack[:3] == ["tar", "-czf", archive] and "configs" in pack and "trainer" in pack
+    assert scp == [*tpu_vm, "scp", archive, "v5e:seedlings.tgz", "--worker=all", *WHERE]
+    assert install[:6] == [*tpu_vm, "ssh", "v5e"] and "--worker=all" in install
+    assert "'./seedlings[tpu]' -f https://storage.googleapis.com/libtpu-tf-releases/index.html" \
+        in install[-1]
+    assert train[:6] == [*tpu_vm, "ssh", "v5e"] and "--worker=all" in train
+    remote = train[-1].removeprefix("--command=")
+    # The remote shell gets the trainer flags back exactly, spaces included.
+    assert shlex.split(remote) == [
+        "cd", "seedlings", "&&", "python3", "-m", "trainer.main", "--strategy=tpu", "--tpu=local",
+        "--flagfile=configs/tpu_v5e_8.cfg", "--data_dir=gs://b/my records"]
+    assert delete == [*tpu_vm, "delete", "v5e", *WHERE, "--quiet"]
+
+
+def test_tpu_script_creates_installs_trains_and_deletes(gcloud_stub: tuple[dict, Path],
+                                                        tmp_path: Path) -> None:
+    env, log = gcloud_stub
+    result = run_tpu_script(*TPU_ARGS, "--delete", "--", "--model=resnet50", env=env)
+    assert result.returncode == 0, result.stderr
+
+    verbs = [call[3] for call in gcloud_calls(log)]
+    assert verbs == ["describe", "create", "scp", "ssh", "ssh", "delete"]
+    with tarfile.open(tmp_path / "seedlings-v5e.tgz") as archive:
+        names = set(archive.getnames())
+    assert {"setup.py", "trainer/main.py", "configs/tpu_v5e_8.cfg"} <= names
+    assert not any("__pycache__" in n for n in names)
+
+
+def test_tpu_script_reuses_an_existing_vm_and_keeps_it(gcloud_stub: tuple[dict, Path]) -> None:
+    env, log = gcloud_stub
+    result = run_tpu_script(*TPU_ARGS, env={**env, "FAKE_DESCRIBE_RC": "0"})
+    assert result.returncode == 0, result.stderr
+    assert [call[3] for call in gcloud_calls(log)] == ["describe", "scp", "ssh", "ssh"]
+
+
+def test_tpu_script_deletes_the_vm_when_training_fails(gcloud_stub: tuple[dict, Path]) -> None:
+    env, log = gcloud_stub
+    result = run_tpu_script(*TPU_ARGS, "--delete", env={**env, "FAKE_TRAIN_RC": "3"})
+    assert result.returncode == 3
+    assert [call[3] for call in gcloud_calls(log)][-2:] == ["ssh", "delete"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--zone=z"], "--project and --zone are required"),
+    (["--project=p", "--zone=z", "--model=resnet50"], "unknown argument --model=resnet50"),
+    (["--project"], "--project needs a value"),
+])
+def test_tpu_script_usage_errors(args: list[str], expected: str,
+                                 gcloud_stub: tuple[dict, Path]) -> None:
+    env, log = gcloud_stub
+    result = run_tpu_script(*args, env=env)
+    assert result.returncode == 2
+    assert expected in result.stderr and result.stdout == ""
+    assert "launch/tpu_vm.sh --project=P --zone=Z" in result.stderr  # The usage, on stderr.
+    assert gcloud_calls(log) == []
+
+
+# ---- Dockerfiles. ----
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with `\\` continuations joined and comments dropped."""
+    logical = re.sub(r"\\\n", " ", path.read_text())
+    pairs = []
+    for line in logical.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            instruction, _, arguments = line.partition(" ")
+            pairs.append((instruction.upper(), " ".join(arguments.split())))
+    return pairs
+
+
+@pytest.mark.parametrize("name, extra, find_links", [
+    ("Dockerfile", "gpu", None),
+    ("Dockerfile.tpu", "tpu", "https://storage.googleapis.com/libtpu-tf-releases/index.html"),
+])
+def test_dockerfile(name: str, extra: str, find_links: str | None) -> None:
+    instructions = dockerfile_instructions(REPO / "launch" / name)
+    setup_py = (REPO / "setup.py").read_text()
+
+    (base,) = [args for op, args in instructions if op == "FROM"]
+    # Pinned to an exact Python release that setup.py's python_requires accepts.
+    match = re.fullmatch(r"python:3\.(\d+)\.\d+-slim-\w+", base)
+    assert match and int(match[1]) >= 10, base
+
+    runs = [args for op, args in instructions if op == "RUN"]
+    installs = [r for r in runs if f'pip install ".[{extra}]"' in r]
+    assert installs, runs
+    assert f'"{extra}": [' in setup_py
+    if find_links:
+        assert f"-f {find_links}" in installs[0]
+    assert any("pip install --no-deps --force-reinstall ." in r for r in runs)
+
+    copies = [args for op, args in instructions if op == "COPY"]
+    for folder in ("input_pipeline", "trainer", "launch", "configs"):
+        assert f"{folder}/ {folder}/" in copies, folder
+    assert ("WORKDIR", "/app") in instructions  # configs/ resolves against it.
+    (entrypoint,) = [args for op, args in instructions if op == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == ["python", "-m", "trainer.main"]
+
+
+# ---- Flagfiles. ----
+
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.cfg"))
+
+
+def trainer_flag_values() -> flags.FlagValues:
+    """The trainer's flags as documented for the launchers (names, kinds and choices)."""
+    fv = flags.FlagValues()
+    for name, choices in [
+            ("strategy", STRATEGIES), ("mixed_precision", PRECISIONS),
+            ("model", ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")),
+            ("optimizer", ("sgd", "adamw")), ("jit_compile", ("auto", "true", "false")),
+            ("mode", ("train", "train_and_eval", "eval", "export"))]:
+        flags.DEFINE_enum(name, choices[0], choices, "", flag_values=fv)
+    for name in ("cpu_devices", "width", "image_size", "batch_size", "train_steps",
+                 "steps_per_loop", "eval_every", "checkpoint_every", "keep_checkpoints", "seed"):
+        flags.DEFINE_integer(name, 0, "", flag_values=fv)
+    for name in ("epochs", "learning_rate", "warmup_epochs", "weight_decay", "label_smoothing"):
+        flags.DEFINE_float(name, 0.0, "", flag_values=fv)
+    for name in ("tpu", "data_dir", "model_dir", "profile_steps"):
+        flags.DEFINE_string(name, None, "", flag_values=fv)
+    return fv
+
+
+def test_every_config_is_there() -> None:
+    assert CONFIGS == ["cpu_demo.cfg", "gpu_1x.cfg", "gpu_8x.cfg", "gpu_multiworker.cfg",
+                       "tpu_v5e_8.cfg"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_is_a_flagfile_of_trainer_flags(name: str) -> None:
+    path = REPO / "configs" / name
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("# "), "start with a header: what hardware, how to run"
+    settings = [line for line in lines if line.strip() and not line.startswith("#")]
+    for line in settings:
+        assert re.fullmatch(r"--[a-z_]+=\S+", line), line
+    # Hardware flags come from the launchers; here they would defeat launch.vertex's check.
+    assert not any(line.startswith(("--strategy=", "--tpu=")) for line in settings)
+
+    fv = trainer_flag_values()
+    fv(["trainer", f"--flagfile={path}"])  # Unknown flags or bad values raise.
+    if name == "cpu_demo.cfg":
+        assert (fv.model, fv.width, fv.mixed_precision) == ("resnet18", 16, "float32")
+        assert 64 <= fv.image_size <= 96 and fv.batch_size == 64 and 0 < fv.train_steps <= 5000
+    else:
+        assert (fv.model, fv.image_size, fv.optimizer) == ("resnet50", 224, "sgd")
+        tpu = name.startswith("tpu")
+        assert fv.mixed_precision == ("mixed_bfloat16" if tpu else "mixed_float16")
+        replicas = {"gpu_1x.cfg": 1, "gpu_8x.cfg": 8, "gpu_multiworker.cfg": 8, "tpu_v5e_8.cfg": 8}
+        assert fv.batch_size == 128 * replicas[name]
+        assert fv.label_smoothing == 0.1 and 5e-5 <= fv.weight_decay <= 1e-4
+
+
+# ---- The documented commands run (as dry runs). ----
+
+
+def documented_commands(text: str, program: str) -> list[str]:
+    """Shell commands starting with `program` in `text`, comment markers and `\\` joined."""
+    text = re.sub(r"^#\s{0,3}", "", text, flags=re.M)  # flagfile headers are comments
+    text = re.sub(r"\\\n\s*", " ", text)
+    return [line.strip() for line in text.splitlines() if line.strip().startswith(program)]
+
+
+def run_documented(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    prelude = "".join(f"{k}={shlex.quote(v)}; " for k, v in DOC_VARS.items())
+    # The README defines these two in its code block.
+    prelude += 'COMMON="--project=$PROJECT --region=$REGION"; DATA=$BUCKET/seedlings/records; '
+    command = command.replace("python -m launch.vertex",
+                              f"{sys.executable} -m launch.vertex --dry_run")
+    command = command.replace("launch/tpu_vm.sh", "bash launch/tpu_vm.sh --dry_run")
+    return subprocess.run(["bash", "-c", prelude + command], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_readme_commands_work(gcloud_stub: tuple[dict, Path]) -> None:
+    env, log = gcloud_stub
+    text = (REPO / "launch" / "README_SECTION.md").read_text()
+    assert text.startswith("## Train on Vertex AI") and "\n## Train on a TPU VM\n" in text
+
+    kinds = set()
+    for command in documented_commands(text, "python -m launch.vertex"):
+        result = run_documented(command, env)
+        assert result.returncode == 0, (command, result.stderr)
+        pools = json.loads(result.stdout)["jobSpec"]["workerPoolSpecs"]
+        spec = pools[0]["machineSpec"]
+        kinds.add("package" if "pythonPackageSpec" in pools[0] else
+                  "tpu" if "tpuTopology" in spec else f"{len(pools)} pools")
+    assert kinds == {"1 pools", "2 pools", "tpu", "package"}
+
+    scripts = documented_commands(text, "launch/tpu_vm.sh")
+    assert len(scripts) == 2
+    for command in scripts:
+        result = run_documented(command, env)
+        assert result.returncode == 0, (command, result.stderr)
+        assert "trainer.main --strategy=tpu --tpu=local" in result.stdout.replace("\\ ", " ")
+    assert gcloud_calls(log) == []
+
+
+@pytest.mark.parametrize("name", [c for c in CONFIGS if c != "cpu_demo.cfg"])
+def test_config_header_commands_work(name: str, gcloud_stub: tuple[dict, Path]) -> None:
+    env, _ = gcloud_stub
+    text = (REPO / "configs" / name).read_text()
+    commands = documented_commands(text, "python -m launch.vertex")
+    commands += documented_commands(text, "launch/tpu_vm.sh")
+    assert commands, "the header should say how to run it"
+    for command in commands:
+        assert f"--flagfile=configs/{name}" in command
+        result = run_documented(command, env)
+        assert result.returncode == 0, (command, result.stderr)
