@@ -1,0 +1,316 @@
+"""End-to-end tests of `python -m trainer.main` and `trainer.predict`, as a user runs them.
+
+Each test drives the real command in a subprocess on tiny records with a tiny
+ResNet and checks what a user sees: exit codes, log lines, checkpoints,
+event files, metrics.json, the SavedModel and the submission CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+from PIL import Image
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.events import read_events
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--model=resnet18", "--width=8", "--image_size=32", "--batch_size=4",
+        "--steps_per_loop=2", "--warmup_epochs=0", "--learning_rate=0.05", "--label_smoothing=0.1"]
+
+
+def run_module(module: str, *args: str, env: dict[str, str] | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "GCE_METADATA_IP": "127.0.0.1:9",
+           **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def train(data_dir: str, model_dir: str, *args: str, env=None) -> subprocess.CompletedProcess:
+    return run_module("trainer.main", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+                      *TINY, *args, env=env)
+
+
+def checkpoint_step(model_dir: str) -> int:
+    path = tf.train.latest_checkpoint(model_dir)
+    return int(tf.train.load_variable(path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr[-3000:]
+    for word in words:
+        assert word in last, last
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_records, tmp_path_factory):
+    """One full train_and_eval run shared by the tests that only read its outputs."""
+    model_dir = str(tmp_path_factory.mktemp("trained"))
+    result = train(tiny_records.data_dir, model_dir, "--train_steps=4", "--eval_every=2",
+                   "--checkpoint_every=2", "--mode=train_and_eval", "--profile_steps=3,4")
+    assert_ok(result)
+    return model_dir, result
+
+
+def test_train_and_eval_writes_checkpoints_metrics_and_logs(trained, tiny_records):
+    model_dir, result = trained
+    assert checkpoint_step(model_dir) == 4
+    assert "step 2/4" in result.stderr and "step 4/4" in result.stderr
+    assert "images/s" in result.stderr and "ETA" in result.stderr
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["step"] == 4
+    # Every validation example exactly once, none of the padding.
+    assert metrics["num_examples"] == len(tiny_records.examples["validation"]) == 13
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["macro_f1"] <= 1.0
+    assert np.isfinite(metrics["loss"])
+
+
+def test_event_files_hold_expected_tags(trained, tiny_records):
+    model_dir, _ = trained
+    train_events = read_events(os.path.join(model_dir, "train"))
+    for tag in ("loss", "accuracy", "learning_rate", "images_per_second"):
+        assert [step for step, _ in train_events[tag]] == [2, 4], tag
+    assert "input_images" in train_events
+    assert any("hparams" in tag for tag in train_events), sorted(train_events)
+    eval_events = read_events(os.path.join(model_dir, "eval"))
+    for tag in ("loss", "accuracy", "macro_f1", "confusion_matrix"):
+        assert [step for step, _ in eval_events[tag]] == [2, 4], tag
+    for name in tiny_records.class_names:
+        assert f"recall/{name}" in eval_events
+    # The image summary holds width, height and the PNG bytes.
+    image_png = eval_events["confusion_matrix"][0][1]
+    image_png = [v for v in np.asarray(image_png).ravel() if v.startswith(b"\x89PNG")]
+    assert image_png, "confusion matrix is not an image"
+    metrics = json.load(open(os.path.join(model_dir, "metrics.json")))
+    assert eval_events["accuracy"][-1][1] == pytest.approx(metrics["accuracy"])
+
+
+def test_profiler_trace_written(trained):
+    model_dir, _ = trained
+    traces = tf.io.gfile.glob(os.path.join(model_dir, "train", "plugins", "profile", "*", "*"))
+    assert traces, "no profiler trace"
+
+
+def test_rerun_of_finished_run_is_a_no_op(trained, tiny_records):
+    model_dir, _ = trained
+    before = sorted(os.listdir(model_dir))
+    result = train(tiny_records.data_dir, model_dir, "--train_steps=4", "--checkpoint_every=2")
+    assert_ok(result)
+    assert "nothing to do" in result.stderr
+    assert sorted(os.listdir(model_dir)) == before
+
+
+def test_resume_continues_at_saved_step(tiny_records, tmp_path):
+    model_dir = str(tmp_path)
+    assert_ok(train(tiny_records.data_dir, model_dir, "--train_steps=2", "--mode=train"))
+    assert checkpoint_step(model_dir) == 2
+    result = train(tiny_records.data_dir, model_dir, "--train_steps=4", "--mode=train")
+    assert_ok(result)
+    assert "at step 2" in result.stderr  # The restore line.
+    assert "step 2/4" not in result.stderr and "step 4/4" in result.stderr
+    assert checkpoint_step(model_dir) == 4
+    steps = [s for s, _ in read_events(os.path.join(model_dir, "train"))["loss"]]
+    assert steps == [2, 4]
+
+
+def test_export_and_predict_csv(trained, tiny_records, tmp_path):
+    model_dir, _ = trained
+    assert tf.io.gfile.exists(os.path.join(model_dir, "export", "saved_model.pb"))
+    images = tmp_path / "test"
+    images.mkdir()
+    for i, mode in enumerate(["RGB", "RGBA", "L"]):
+        Image.new(mode, (50 + 10 * i, 60), 120).save(images / f"{i:04x}e90e4.png")
+    output = tmp_path / "submission.csv"
+    result = run_module("trainer.predict", f"--model_dir={model_dir}", f"--input={images}",
+                        f"--output={output}")
+    assert_ok(result)
+    rows = list(csv.reader(open(output)))
+    assert rows[0] == ["file", "species"]
+    assert [r[0] for r in rows[1:]] == sorted(os.listdir(images))
+    assert all(r[1] in tiny_records.class_names for r in rows[1:])
+    # The serving signature takes bytes and returns probabilities and names.
+    serve = tf.saved_model.load(os.path.join(model_dir, "export")).signatures["serving_default"]
+    out = serve(image_bytes=tf.constant([open(images / "0000e90e4.png", "rb").read()]))
+    assert out["probabilities"].shape == (1, len(tiny_records.class_names))
+    assert float(tf.reduce_sum(out["probabilities"])) == pytest.approx(1.0, abs=1e-4)
+    assert [n.decode() for n in out["class_names"].numpy()[0]] == list(tiny_records.class_names)
+
+
+def test_predict_errors_are_one_line(trained, tmp_path):
+    model_dir, _ = trained
+    result = run_module("trainer.predict", f"--model_dir={model_dir}",
+                        f"--input={tmp_path}/nothing/*.png")
+    assert_one_line_error(result, "no images")
+    result = run_module("trainer.predict", f"--model_dir={tmp_path}", f"--input={tmp_path}")
+    assert_one_line_error(result)
+
+
+def test_eval_and_export_modes(trained, tiny_records, tmp_path):
+    model_dir, _ = trained
+    result = train(tiny_records.data_dir, model_dir, "--mode=eval", "--train_steps=4")
+    assert_ok(result)
+    assert "eval at step 4" in result.stderr and "(13 examples)" in result.stderr
+    result = train(tiny_records.data_dir, str(tmp_path), "--mode=export", "--train_steps=4")
+    assert_one_line_error(result, "no checkpoint")
+
+
+def test_nan_loss_stops_with_step_and_no_checkpoint(tiny_records, tmp_path):
+    result = train(tiny_records.data_dir, str(tmp_path), "--train_steps=6", "--steps_per_loop=3",
+                   "--learning_rate=1e30", "--label_smoothing=0", "--mode=train")
+    assert_one_line_error(result, "at step")
+    assert tf.train.latest_checkpoint(str(tmp_path)) is None
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains(tiny_records, tmp_path, precision):
+    result = train(tiny_records.data_dir, str(tmp_path), "--train_steps=2", "--mode=train",
+                   f"--mixed_precision={precision}")
+    assert_ok(result)
+    assert f"precision {precision}" in result.stderr
+    losses = read_events(os.path.join(tmp_path, "train"))["loss"]
+    assert np.isfinite(losses[-1][1])
+
+
+def test_xla_on_default_strategy(tiny_records, tmp_path):
+    result = train(tiny_records.data_dir, str(tmp_path), "--train_steps=2", "--mode=train",
+                   "--jit_compile=true", "--strategy=default")
+    assert_ok(result)
+    assert "XLA on" in result.stderr
+    assert checkpoint_step(str(tmp_path)) == 2
+
+
+def test_mirrored_over_logical_cpus_end_to_end(tiny_records, tmp_path):
+    result = train(tiny_records.data_dir, str(tmp_path), "--train_steps=2",
+                   "--strategy=mirrored", "--cpu_devices=2", "--mode=train_and_eval")
+    assert_ok(result)
+    assert "MirroredStrategy with 2 replica(s)" in result.stderr
+    metrics = json.load(open(os.path.join(tmp_path, "metrics.json")))
+    assert metrics["num_examples"] == 13
+
+
+MIRRORED_VS_DEFAULT = r"""
+import sys, tempfile
+from trainer import strategy
+strategy.split_cpu(2)
+import keras, numpy as np, tensorflow as tf
+from input_pipeline import records
+from trainer import config, train
+
+# Each global batch of 8 is 4 examples twice over, so each replica of the
+# mirrored run sees the same 4 examples: batch-norm statistics per replica
+# then equal those of the whole batch, and any remaining difference would
+# come from how the loss and gradients are scaled and summed.
+rng = np.random.RandomState(0)
+unique_images = rng.uniform(size=(3, 4, 32, 32, 3)).astype("float32")
+unique_labels = rng.randint(0, 4, size=(3, 4)).astype("int32")
+images = np.repeat(unique_images, 2, axis=0).reshape(24, 32, 32, 3)
+labels = np.repeat(unique_labels, 2, axis=0).reshape(24)
+info = records.DatasetInfo(class_names=tuple("abcd"), num_examples={"train": 24, "validation": 8},
+                           num_shards={"train": 1, "validation": 1})
+
+def losses(name):
+    runtime = strategy.setup_runtime(name, tpu=None, precision="float32", jit_compile="false")
+    keras.utils.set_random_seed(0)
+    cfg = config.TrainConfig(data_dir="", paths=config.Paths("", "", ""), model="resnet18",
+                             width=8, image_size=32, batch_size=8, train_steps=3,
+                             warmup_epochs=0, learning_rate=0.1, zero_init_residual=False)
+    schedule = train.Schedule.create(cfg, info, runtime.num_replicas)
+    state = train.create_state(cfg, runtime, info, schedule, tempfile.mkdtemp())
+    loop = train.make_train_loop(runtime, state, global_batch_size=8, num_classes=4,
+                                 label_smoothing=0.1)
+    data = runtime.strategy.distribute_datasets_from_function(
+        lambda ctx: tf.data.Dataset.from_tensor_slices((images, labels)).batch(
+            ctx.get_per_replica_batch_size(8)))
+    iterator = iter(data)
+    return [float(loop(iterator, tf.constant(1))[0]) for _ in range(3)], runtime.num_replicas
+
+default, n1 = losses("default")
+mirrored, n2 = losses("mirrored")
+print("RESULT", n1, n2, *default, *mirrored)
+"""
+
+
+def test_mirrored_loss_matches_default_for_same_global_batch():
+    result = subprocess.run([sys.executable, "-c", MIRRORED_VS_DEFAULT], cwd=REPO,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert_ok(result)
+    values = result.stdout.split("RESULT")[1].split()
+    assert values[:2] == ["1", "2"]
+    default, mirrored = np.array(values[2:5], float), np.array(values[5:8], float)
+    # Identical weights and global batches: the same loss at every step, so
+    # the updates of the first steps were the same too.
+    np.testing.assert_allclose(mirrored, default, rtol=1e-3)
+    assert not np.allclose(default[0], default[2])  # Training moved the loss.
+
+
+def test_vertex_aip_folders_used_without_model_dir(tiny_records, tmp_path):
+    env = {"AIP_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+           "AIP_TENSORBOARD_LOG_DIR": str(tmp_path / "tb"),
+           "AIP_MODEL_DIR": str(tmp_path / "model")}
+    result = run_module("trainer.main", f"--data_dir={tiny_records.data_dir}", *TINY,
+                        "--train_steps=2", "--mode=train", env=env)
+    assert_ok(result)
+    assert checkpoint_step(str(tmp_path / "ckpt")) == 2
+    assert "loss" in read_events(str(tmp_path / "tb" / "train"))
+    assert (tmp_path / "model" / "saved_model.pb").exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--batch_size=3", "--strategy=mirrored", "--cpu_devices=2"], ["--batch_size=3", "2 replicas"]),
+    (["--batch_size=0"], ["batch_size"]),
+    (["--batch_size=abc"], ["batch_size"]),
+    (["--model=resnet9"], ["model"]),
+    (["--strategy=gpu"], ["strategy"]),
+    (["--mixed_precision=fp8"], ["mixed_precision"]),
+    (["--jit_compile=maybe"], ["jit_compile"]),
+    (["--mode=serve"], ["mode"]),
+    (["--optimizer=lamb"], ["optimizer"]),
+    (["--image_size=16"], ["image_size"]),
+    (["--learning_rate=-1"], ["learning_rate"]),
+    (["--label_smoothing=2"], ["label_smoothing"]),
+    (["--train_steps=-1"], ["train_steps"]),
+    (["--train_steps=0", "--epochs=0"], ["--train_steps", "--epochs"]),
+    (["--profile_steps=5"], ["profile_steps"]),
+    (["--profile_steps=6,2"], ["profile_steps"]),
+    (["--keep_checkpoints=0"], ["keep_checkpoints"]),
+    (["--checkpoint_every=0"], ["checkpoint_every"]),
+    (["--steps_per_loop=0"], ["steps_per_loop"]),
+    (["--no_such_flag=1"], ["no_such_flag"]),
+])
+def test_bad_flags_give_one_line_errors(tiny_records, tmp_path, args, words):
+    result = train(tiny_records.data_dir, str(tmp_path), *args)
+    assert_one_line_error(result, *words)
+
+
+def test_bad_data_dir_gives_one_line_error(tmp_path):
+    result = run_module("trainer.main", f"--data_dir={tmp_path}/missing",
+                        f"--model_dir={tmp_path}/out", *TINY)
+    assert_one_line_error(result, "missing")
+
+
+def test_help_documents_every_flag():
+    result = run_module("trainer.main", "--helpfull")
+    assert "Traceback" not in result.stderr
+    for name in ("strategy", "tpu", "cpu_devices", "data_dir", "model_dir", "cache_dir", "model",
+                 "width", "image_size", "batch_size", "train_steps", "epochs", "steps_per_loop",
+                 "eval_every", "checkpoint_every", "keep_checkpoints", "optimizer",
+                 "learning_rate", "warmup_epochs", "weight_decay", "label_smoothing",
+                 "zero_init_residual", "mixed_precision", "jit_compile", "seed", "mode",
+                 "profile_steps"):
+        assert f"--{name}" in result.stdout, name

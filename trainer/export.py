@@ -1,0 +1,66 @@
+"""Checkpoint -> SavedModel whose serving signature takes encoded image bytes."""
+
+from __future__ import annotations
+
+import keras
+from absl import logging
+import tensorflow as tf
+
+from input_pipeline import preprocessing
+from input_pipeline import records
+from trainer import models
+
+
+class _Serving(tf.Module):
+    """Holds the model and the class names; `serve` is the exported signature."""
+
+    def __init__(self, model: keras.Model, info: records.DatasetInfo, image_size: int):
+        super().__init__()
+        self.model = model
+        self.class_names = tf.constant(info.class_names)
+        self._image_size, self._mean, self._std = image_size, info.mean, info.std
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve(self, image_bytes):
+        # The same eval preprocessing as validation, so served predictions
+        # match the reported metrics; PNG and JPEG bytes both decode.
+        images = tf.map_fn(
+            lambda b: preprocessing.preprocess_for_eval(b, self._image_size, self._mean, self._std),
+            image_bytes, fn_output_signature=tf.TensorSpec([self._image_size, self._image_size, 3],
+                                                           tf.float32))
+        probabilities = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
+        batch = tf.shape(image_bytes)[0]
+        return {
+            "probabilities": probabilities,
+            "class_names": tf.tile(self.class_names[None], [batch, 1]),
+            "predicted_class": tf.gather(self.class_names, tf.argmax(probabilities, axis=-1)),
+        }
+
+
+def export_saved_model(checkpoint_path: str, export_dir: str, *, model_name: str, width: int,
+                       image_size: int, info: records.DatasetInfo) -> str:
+    """Rebuilds the model in float32 outside any strategy, restores it, and saves.
+
+    Rebuilding (rather than saving the training model) gives one path for
+    every strategy, TPU included, and float32 serving whatever the training
+    precision. The SavedModel is written to a temporary folder and renamed, so
+    `export_dir` never holds a half-written model.
+    """
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = models.create_model(model_name, info.num_classes, width=width)
+        status = tf.train.Checkpoint(model=model).restore(checkpoint_path)
+        status.assert_existing_objects_matched().expect_partial()
+        module = _Serving(model, info, image_size)
+        tmp = export_dir.rstrip("/") + ".tmp"
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        if tf.io.gfile.exists(export_dir):
+            tf.io.gfile.rmtree(export_dir)
+        tf.io.gfile.rename(tmp, export_dir)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    logging.info("exported %s to %s", checkpoint_path, export_dir)
+    return export_dir
