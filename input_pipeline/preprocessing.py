@@ -1,0 +1,198 @@
+"""Image preprocessing: pure tensor-to-tensor functions, one image at a time.
+
+Every random op here is stateless and takes its randomness as an explicit
+`seed` tensor of shape [2], so a function gives the same output for the same
+inputs whether it runs eagerly, in a `tf.function` or inside `tf.data`, and
+tests can compare those exactly. `dataset.py` draws one seed per example.
+
+Images are uint8 until `resize`, float32 after it; `normalize` maps them to
+zero mean and unit variance per channel with the data set's statistics, which
+are computed on the 0..1 scale (see `records.DatasetInfo`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+# Random-resized-crop ranges for training. ImageNet recipes sample 8%-100% of
+# the area; a seedling is one small plant on soil, and an 8% crop is often
+# bare gravel or a single leaf tip, i.e. a training example with the wrong
+# label. Keeping at least a quarter of the frame keeps whole leaves, whose
+# shape is what separates the species. The photos are near-square (aspect
+# 0.94-1.33), so the usual 3/4-4/3 aspect jitter distorts them only mildly.
+TRAIN_AREA_RANGE = (0.25, 1.0)
+TRAIN_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+
+# Evaluation takes the central square of 87.5% of the shorter side. Training
+# crops keep on average 62.5% of the area, i.e. a side of about 0.79 of the
+# image, so plants look larger in training than in a full-frame view; a
+# 0.875 crop brings eval close to the training scale (the "FixRes" train/test
+# discrepancy) without cutting much: each Aarhus image is cropped around one
+# plant, so the border it drops is mostly soil. Being square, it also avoids
+# stretching the few 4:3 photos.
+EVAL_CROP_FRACTION = 0.875
+
+
+def decode_and_random_crop(
+    image_bytes: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    area_range: Sequence[float] = TRAIN_AREA_RANGE,
+    aspect_ratio_range: Sequence[float] = TRAIN_ASPECT_RATIO_RANGE,
+) -> tf.Tensor:
+    """Decodes a random window of a JPEG, without decoding the rest.
+
+    Fusing the crop into the decode skips the IDCT of the pixels outside the
+    window, which is most of the work for small crops.
+
+    Args:
+      image_bytes: scalar string, a JPEG.
+      seed: int32/int64 [2], the stateless seed for the window.
+      area_range: fraction of the image area the window may cover.
+      aspect_ratio_range: width / height range of the window.
+
+    Returns:
+      uint8 [crop_height, crop_width, 3]. If no window fits the ranges in 10
+      attempts, the whole image.
+    """
+    shape = tf.image.extract_jpeg_shape(image_bytes)
+    whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4])
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=whole_image,
+        seed=seed,
+        # With the box being the whole image, "object covered" is the area
+        # fraction again: state it once, through area_range.
+        min_object_covered=area_range[0],
+        aspect_ratio_range=aspect_ratio_range,
+        area_range=area_range,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    offset_y, offset_x, _ = tf.unstack(begin)
+    height, width, _ = tf.unstack(size)
+    crop_window = tf.stack([offset_y, offset_x, height, width])
+    return tf.io.decode_and_crop_jpeg(image_bytes, crop_window, channels=3)
+
+
+def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Decodes JPEG, PNG, BMP or GIF (first frame) to uint8 RGB [h, w, 3].
+
+    Grayscale is replicated to three channels and an alpha channel dropped,
+    so user photos at serving time come out like the training records.
+    """
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    # decode_image cannot know the channel count statically; we asked for 3.
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def center_crop(image: tf.Tensor, crop_fraction: float = EVAL_CROP_FRACTION) -> tf.Tensor:
+    """The central square whose side is `crop_fraction` of the shorter side."""
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    side = tf.cast(tf.cast(tf.minimum(height, width), tf.float32) * crop_fraction, tf.int32)
+    side = tf.maximum(side, 1)
+    top = (height - side) // 2
+    left = (width - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def resize(image: tf.Tensor, image_size: int, *, antialias: bool) -> tf.Tensor:
+    """Bilinear resize to [image_size, image_size, 3], float32 0..255.
+
+    Args:
+      image: [h, w, 3], any real dtype.
+      image_size: output side.
+      antialias: filter before shrinking. Evaluation and serving need it: a
+        user may send a 3000 px original, and plain bilinear would alias it
+        into textures the model never saw. Training can skip it, at half the
+        cost of the whole augmentation: its crops come from records whose
+        longer side the converter capped (512 px by default), so they shrink
+        by at most ~2.3x, and at 2x bilinear with half-pixel centres already
+        averages each 2x2 block, i.e. is a box filter.
+    """
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=antialias)
+    return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+def random_flip_and_rotate(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """One of the 8 flips and 90-degree rotations of `image`, uniformly.
+
+    Top-down photos of seedlings have no "up", so all 8 symmetries of the
+    square are label-preserving, unlike for ImageNet. A random transpose then
+    random vertical and horizontal flips reach each symmetry in exactly one
+    way (a 90-degree rotation is a transpose and a flip), and copy the image
+    at most three times; applied to the uint8 crop before resizing, that is
+    about 3x cheaper than flip, flip and `rot90` on the float output.
+
+    Args:
+      image: [h, w, c], any dtype; need not be square (then h and w may swap).
+      seed: int32/int64 [2].
+    """
+    transpose_seed, flip_ud_seed, flip_lr_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=3)
+    )
+    transpose = (
+        tf.random.stateless_uniform([], transpose_seed, minval=0, maxval=2, dtype=tf.int32) > 0
+    )
+    image = tf.cond(transpose, lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
+    image = tf.image.stateless_random_flip_up_down(image, flip_ud_seed)
+    return tf.image.stateless_random_flip_left_right(image, flip_lr_seed)
+
+
+def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+    """Maps 0..255 pixels to (x / 255 - mean) / std, float32.
+
+    `mean` and `std` are per channel on the 0..1 scale, as in
+    `dataset_info.json`.
+    """
+    offset = 255.0 * np.asarray(mean, np.float32)
+    inverse_scale = 1.0 / (255.0 * np.asarray(std, np.float32))
+    if image.shape.is_fully_defined():
+        # Operands of the image's own shape take TF's vectorised elementwise
+        # kernels; broadcasting a [3] vector over the channels does not, and
+        # made normalisation a third of the whole training pipeline's time.
+        offset = np.broadcast_to(offset, image.shape)
+        inverse_scale = np.broadcast_to(inverse_scale, image.shape)
+    return (tf.cast(image, tf.float32) - offset) * inverse_scale
+
+
+def preprocess_for_train(
+    image_bytes: tf.Tensor,
+    seed: tf.Tensor,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> tf.Tensor:
+    """JPEG bytes -> augmented, normalised float32 [image_size, image_size, 3].
+
+    Only for JPEG (the records always hold JPEG): the crop is fused into the
+    decode.
+    """
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    image = decode_and_random_crop(image_bytes, crop_seed)
+    # On the uint8 crop, before it becomes a larger float image.
+    image = random_flip_and_rotate(image, flip_seed)
+    image = resize(image, image_size, antialias=False)
+    return normalize(image, mean, std)
+
+
+def preprocess_for_eval(
+    image_bytes: tf.Tensor,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> tf.Tensor:
+    """Encoded image bytes -> normalised float32 [image_size, image_size, 3].
+
+    Deterministic. Accepts any format `decode_image` does (JPEG records, PNG
+    uploads), so evaluation and the exported serving signature share it and
+    cannot drift apart. One image per call: map it over a batch of strings.
+    """
+    image = decode_image(image_bytes)
+    image = center_crop(image)
+    image = resize(image, image_size, antialias=True)
+    return normalize(image, mean, std)

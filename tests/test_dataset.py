@@ -1,0 +1,281 @@
+"""create_dataset end to end on the tiny records of `tests/record_fixtures.py`."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from input_pipeline import dataset as dataset_lib
+from input_pipeline import records
+from input_pipeline.dataset import create_dataset
+from tests.record_fixtures import RecordSet, write_records
+
+IMAGE_SIZE = 24
+
+
+def input_context(num_pipelines: int, pipeline_id: int) -> tf.distribute.InputContext:
+    return tf.distribute.InputContext(
+        num_input_pipelines=num_pipelines,
+        input_pipeline_id=pipeline_id,
+        num_replicas_in_sync=num_pipelines,
+    )
+
+
+def image_colours(images: tf.Tensor, mean, std) -> np.ndarray:
+    """Undoes the normalisation: the mean 0..255 colour of each image, [batch, 3]."""
+    pixels = images.numpy().astype(np.float32) * np.array(std) + np.array(mean)
+    return pixels.mean(axis=(1, 2)) * 255
+
+
+def identify(rs: RecordSet, split: str, images: tf.Tensor, labels: tf.Tensor):
+    """(example, label) for each real (non-padding) image of a batch."""
+    found = []
+    for colour, label in zip(image_colours(images, rs.mean, rs.std), labels.numpy(), strict=True):
+        if label == dataset_lib.PADDING_LABEL:
+            continue
+        example = rs.nearest_example(split, colour)
+        # Flat colours come back within JPEG rounding, far below the 12-level
+        # spacing between examples.
+        assert np.abs(np.subtract(example.colour, colour)).max() < 4
+        found.append((example, int(label)))
+    return found
+
+
+def eval_batches(rs: RecordSet, batch_size: int, **kwargs) -> list[tuple[tf.Tensor, tf.Tensor]]:
+    ds = create_dataset(
+        rs.data_dir,
+        records.VALIDATION,
+        batch_size=batch_size,
+        image_size=IMAGE_SIZE,
+        training=False,
+        **kwargs,
+    )
+    return list(ds)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16, tf.float16])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_shapes_and_dtypes(tiny_records, dtype, training):
+    ds = create_dataset(
+        tiny_records.data_dir,
+        records.TRAIN,
+        batch_size=4,
+        image_size=IMAGE_SIZE,
+        training=training,
+        dtype=dtype,
+    )
+    assert ds.element_spec[0].shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert ds.element_spec[0].dtype == dtype
+    assert ds.element_spec[1] == tf.TensorSpec([4], tf.int32)
+    # Eval: all 5 batches, so the padded last one is checked too.
+    for images, labels in ds.take(5):
+        assert images.shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3) and images.dtype == dtype
+        assert labels.dtype == tf.int32
+        assert np.all(np.isfinite(images.numpy().astype(np.float32)))
+
+
+def test_training_labels_survive_augmentation_and_match_labels_txt(tiny_records):
+    class_names = records.read_labels(tiny_records.data_dir)
+    ds = create_dataset(
+        tiny_records.data_dir,
+        records.TRAIN,
+        batch_size=5,
+        image_size=IMAGE_SIZE,
+        training=True,
+        seed=3,
+    )
+    seen = []
+    # 8 batches of 5 from 18 examples: the stream goes on past an epoch.
+    for images, labels in ds.take(8):
+        for example, label in identify(tiny_records, records.TRAIN, images, labels):
+            assert example.label == label
+            assert example.filename.startswith(class_names[label] + "/")
+            seen.append(example)
+    assert len(seen) == 40
+    # Drawn from across the split, not one shard (epochs blend in the
+    # shuffle buffer, so an exact count would be flaky).
+    assert len(set(seen)) >= 10
+
+
+def test_eval_covers_every_example_once_and_pads_with_minus_one(tiny_records):
+    batches = eval_batches(tiny_records, batch_size=5)  # 13 examples -> 5 + 5 + 3 (+2 padding)
+    assert len(batches) == 3
+    labels = np.concatenate([labels.numpy() for _, labels in batches])
+    real = labels[labels != dataset_lib.PADDING_LABEL]
+    expected = [e.label for e in tiny_records.examples[records.VALIDATION]]
+    assert collections.Counter(real.tolist()) == collections.Counter(expected)
+    np.testing.assert_array_equal(labels[-2:], [-1, -1])
+    assert not np.any(batches[-1][0].numpy()[-2:]), "padding images should be zeros"
+
+    found = [
+        pair
+        for images, labels in batches
+        for pair in identify(tiny_records, records.VALIDATION, images, labels)
+    ]
+    assert sorted(e.filename for e, _ in found) == sorted(
+        e.filename for e in tiny_records.examples[records.VALIDATION]
+    )
+    assert all(example.label == label for example, label in found)
+
+
+def test_eval_batches_are_a_multiple_of_the_replicas_of_a_pipeline(tiny_records):
+    # One pipeline feeding 2 replicas (MirroredStrategy): 13 examples in
+    # batches of 2 are 7 batches; an 8th, all padding, lets the last step
+    # feed both replicas instead of being dropped by tf.distribute.
+    context = tf.distribute.InputContext(
+        num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2)
+    ds = dataset_lib.create_dataset(
+        tiny_records.data_dir, records.VALIDATION, batch_size=2, image_size=IMAGE_SIZE,
+        training=False, input_context=context)
+    labels = np.concatenate([labels.numpy() for _, labels in ds])
+    assert len(labels) == 16
+    assert sorted(labels[labels >= 0].tolist()) == sorted(
+        e.label for e in tiny_records.examples[records.VALIDATION])
+
+
+def test_eval_order_is_deterministic(tiny_records):
+    first = [labels.numpy().tolist() for _, labels in eval_batches(tiny_records, batch_size=4)]
+    second = [labels.numpy().tolist() for _, labels in eval_batches(tiny_records, batch_size=4)]
+    assert first == second
+
+
+def test_normalisation_uses_the_data_sets_mean_and_std(tiny_records):
+    images, labels = eval_batches(tiny_records, batch_size=13)[0]
+    for image, (example, _) in zip(
+        images.numpy(), identify(tiny_records, records.VALIDATION, images, labels), strict=True
+    ):
+        expected = (np.array(example.colour) / 255 - tiny_records.mean) / tiny_records.std
+        np.testing.assert_allclose(
+            image, np.broadcast_to(expected, image.shape), atol=4 / 255 / min(tiny_records.std)
+        )
+
+    # An explicit `info` wins over the file's statistics.
+    info = records.read_dataset_info(tiny_records.data_dir)
+    identity = dataclasses.replace(info, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    images, labels = eval_batches(tiny_records, batch_size=13, info=identity)[0]
+    unnormalised = dataclasses.replace(tiny_records, mean=identity.mean, std=identity.std)
+    assert len(identify(unnormalised, records.VALIDATION, images, labels)) == 13
+
+
+def shard_of(rs: RecordSet, split: str, example) -> int:
+    return rs.examples[split].index(example) % rs.num_shards[split]
+
+
+def test_eval_shards_files_across_input_pipelines(tiny_records):
+    # 3 validation shards over 2 pipelines: shards {0, 2} and {1}.
+    per_pipeline = []
+    for pipeline_id in range(2):
+        batches = eval_batches(
+            tiny_records, batch_size=4, input_context=input_context(2, pipeline_id)
+        )
+        found = [
+            e
+            for images, labels in batches
+            for e, _ in identify(tiny_records, records.VALIDATION, images, labels)
+        ]
+        per_pipeline.append((len(batches), found))
+    (batches0, found0), (batches1, found1) = per_pipeline
+    assert {shard_of(tiny_records, records.VALIDATION, e) for e in found0} == {0, 2}
+    assert {shard_of(tiny_records, records.VALIDATION, e) for e in found1} == {1}
+    assert not set(found0) & set(found1)
+    assert sorted(found0 + found1, key=lambda e: e.filename) == sorted(
+        tiny_records.examples[records.VALIDATION], key=lambda e: e.filename
+    )
+    # 9 and 4 examples: both yield ceil(9 / 4) = 3 batches, so no worker waits.
+    assert batches0 == batches1 == 3
+
+
+def test_training_shards_files_across_input_pipelines(tiny_records):
+    for pipeline_id, shards in [(0, {0, 2}), (1, {1, 3})]:
+        ds = create_dataset(
+            tiny_records.data_dir,
+            records.TRAIN,
+            batch_size=4,
+            image_size=IMAGE_SIZE,
+            training=True,
+            input_context=input_context(2, pipeline_id),
+            seed=0,
+        )
+        found = [
+            e
+            for images, labels in ds.take(4)
+            for e, _ in identify(tiny_records, records.TRAIN, images, labels)
+        ]
+        assert {shard_of(tiny_records, records.TRAIN, e) for e in found} == shards
+
+
+def test_fewer_shards_than_pipelines_is_a_clear_error(tiny_records):
+    with pytest.raises(ValueError, match=r"4 shards.*5 input pipelines.*--num_shards 5"):
+        create_dataset(
+            tiny_records.data_dir,
+            records.TRAIN,
+            batch_size=2,
+            image_size=IMAGE_SIZE,
+            training=True,
+            input_context=input_context(5, 0),
+        )
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    missing = os.fspath(tmp_path / "nowhere")
+    with pytest.raises(
+        FileNotFoundError, match=rf"{missing}.*python -m input_pipeline.make_tfrecords"
+    ):
+        create_dataset(missing, records.TRAIN, batch_size=2, image_size=IMAGE_SIZE, training=True)
+
+
+def test_no_shards_is_a_clear_error(tiny_records, tmp_path):
+    data_dir = os.fspath(tmp_path)
+    shutil.copy(os.path.join(tiny_records.data_dir, records.INFO_FILE), data_dir)
+    with pytest.raises(
+        FileNotFoundError, match=r"no train shards match .*python -m input_pipeline.make_tfrecords"
+    ):
+        create_dataset(data_dir, records.TRAIN, batch_size=2, image_size=IMAGE_SIZE, training=True)
+
+
+def test_missing_shard_is_a_clear_error(tmp_path):
+    rs = write_records(os.fspath(tmp_path))
+    os.remove(os.path.join(rs.data_dir, records.shard_name(records.VALIDATION, 1, 3)))
+    with pytest.raises(ValueError, match=r"found 2 validation shards .* lists 3"):
+        create_dataset(
+            rs.data_dir, records.VALIDATION, batch_size=2, image_size=IMAGE_SIZE, training=False
+        )
+
+
+def test_reads_records_on_gcs(gcs_emulator, gcs_dir):
+    # In a subprocess: TF's gs:// client takes the emulator's proxy settings
+    # from the environment once per process (see tests/gcs_fixtures.py).
+    code = textwrap.dedent(
+        """
+        import sys
+        from input_pipeline import records
+        from input_pipeline.dataset import create_dataset
+        from tests.record_fixtures import write_records
+
+        rs = write_records(sys.argv[1])
+        common = dict(batch_size=4, image_size=8)
+        batches = list(create_dataset(rs.data_dir, records.VALIDATION, training=False, **common))
+        real = sum(int((labels >= 0).numpy().sum()) for _, labels in batches)
+        train = create_dataset(rs.data_dir, records.TRAIN, training=True, **common)
+        print(real, next(iter(train))[0].shape)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, gcs_dir],
+        env={**gcs_emulator.subprocess_env(), "TF_CPP_MIN_LOG_LEVEL": "2"},
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:] + gcs_emulator.diagnostics()
+    assert proc.stdout.split() == ["13", "(4,", "8,", "8,", "3)"]
