@@ -570,8 +570,10 @@ def run_documented(command: str, env: dict[str, str]) -> subprocess.CompletedPro
 
 def test_readme_commands_work(gcloud_stub: tuple[dict, Path]) -> None:
     env, log = gcloud_stub
-    text = (REPO / "launch" / "README_SECTION.md").read_text()
-    assert text.startswith("## Train on Vertex AI") and "\n## Train on a TPU VM\n" in text
+    readme = (REPO / "README.md").read_text()
+    assert "\n## Train on Vertex AI\n" in readme and "\n## Train on a TPU VM\n" in readme
+    # The cloud sections: from "Train on Vertex AI" to the next section after the TPU VM one.
+    text = readme.split("\n## Train on Vertex AI\n", 1)[1].split("\n## Tests\n", 1)[0]
 
     kinds = set()
     for command in documented_commands(text, "python -m launch.vertex"):
