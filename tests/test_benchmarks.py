@@ -1,0 +1,98 @@
+"""Smoke tests of `scripts/benchmark_train.py`, run as a user runs it.
+
+Tiny settings and one repeat: these check that the script runs end to end
+and prints every field of its report, never how fast anything was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "scripts", "benchmark_train.py")
+TINY = ["--model=resnet18", "--width=8", "--image_size=32", "--batch_size=8", "--steps=3",
+        "--warmup_steps=1", "--steps_per_loop=1", "--repeats=1"]
+FLAGS = ("--data_dir", "--images_per_class", "--model", "--width", "--image_size",
+         "--batch_size", "--precision", "--steps", "--warmup_steps", "--steps_per_loop",
+         "--repeats", "--synthetic_input")
+
+
+def run_benchmark(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "GCE_METADATA_IP": "127.0.0.1:9"}
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def table_rate(stdout: str, contender: str) -> float:
+    """The median images/s of `contender`'s row in the report table."""
+    match = re.search(rf"^{re.escape(contender)}\s+([0-9.]+)\s+([0-9.]+)", stdout, re.MULTILINE)
+    assert match, stdout
+    return float(match.group(1))
+
+
+def test_records_run_reports_every_contender_and_ratio():
+    # No --data_dir: generates synthetic seedlings and converts them first.
+    result = run_benchmark(*TINY, "--images_per_class=2")
+    assert_ok(result)
+    out = result.stdout
+    assert "input: records" in out and "12 classes" in out
+    for contender in ("ours", "model.fit", "ours, in-memory input", "ours, 1 step per call",
+                      "input pipeline alone"):
+        assert table_rate(out, contender) > 0
+    assert re.search(r"^ours / model\.fit: +[0-9.]+x", out, re.MULTILINE), out
+    assert re.search(r"^records / synthetic \(ours\): +[0-9.]+%", out, re.MULTILINE), out
+    assert re.search(r"^input wait fraction: +[0-9.]+%", out, re.MULTILINE), out
+    assert "load average" in out
+
+
+def test_synthetic_input_needs_no_records_and_skips_the_input_check(tiny_records):
+    # --data_dir here only supplies the class count; --precision is honoured.
+    result = run_benchmark(*TINY, "--synthetic_input", f"--data_dir={tiny_records.data_dir}",
+                           "--precision=mixed_bfloat16")
+    assert_ok(result)
+    out = result.stdout
+    assert "input: in-memory synthetic tensors" in out and "mixed_bfloat16" in out
+    assert "4 classes" in out
+    assert table_rate(out, "ours") > 0 and table_rate(out, "model.fit") > 0
+    assert "input pipeline alone" not in out and "generating" not in out
+    assert re.search(r"^ours / model\.fit: +[0-9.]+x", out, re.MULTILINE), out
+    assert "records / synthetic (ours): n/a (--synthetic_input)" in out
+    assert re.search(r"^input wait fraction: +[0-9.]+%", out, re.MULTILINE), out
+
+
+def test_help_documents_every_flag():
+    result = run_benchmark("--help", timeout=120)
+    assert_ok(result)
+    for flag in FLAGS:
+        assert flag in result.stdout, flag
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--steps=5", "--steps_per_loop=2"], ["--steps=5", "multiple of --steps_per_loop=2"]),
+    (["--repeats=0"], ["--repeats", "at least 1"]),
+    (["--precision=float64"], ["--precision", "float64"]),
+])
+def test_bad_flags_fail_with_one_line(args, words):
+    result = run_benchmark(*args, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    for word in words:
+        assert word in last, last
+
+
+def test_missing_data_dir_fails_with_one_line(tmp_path):
+    result = run_benchmark(*TINY, f"--data_dir={tmp_path / 'nowhere'}", timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "nowhere" in last and "make_tfrecords" in last, last
