@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Converts a folder of plant-seedling class folders into sharded TFRecords:
+#   scripts/make_tfrecords.sh IN OUT [--num_shards=16 --max_image_side=512 --overwrite ...]
+# Runs with the repository's .venv if there is one, else python3. See
+# `python -m input_pipeline.make_tfrecords --help` for the flags.
+set -euo pipefail
+if [ $# -lt 2 ]; then
+  echo "usage: $0 INPUT_DIR OUTPUT_DIR [make_tfrecords flags]" >&2
+  exit 2
+fi
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="$ROOT/.venv/bin/python"
+[ -x "$PYTHON" ] || PYTHON=python3
+INPUT_DIR="$1"
+OUTPUT_DIR="$2"
+shift 2
+# PYTHONPATH instead of cd, so relative IN and OUT keep meaning the caller's
+# folders, and the package is found without being pip-installed.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+exec "$PYTHON" -m input_pipeline.make_tfrecords \
+  --input_dir="$INPUT_DIR" --output_dir="$OUTPUT_DIR" "$@"

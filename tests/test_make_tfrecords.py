@@ -1,0 +1,594 @@
+"""End-to-end tests of the converter on small images made here with PIL.
+
+Conversions are shared through module-scoped fixtures, and the command-line
+cases run as concurrent subprocesses, to keep the whole file well under a
+minute on two cores.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from input_pipeline import make_tfrecords, records
+from tests import image_fixtures as fx
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+MODULE = [PYTHON, "-m", "input_pipeline.make_tfrecords"]
+
+
+# ---------------------------------------------------------------------------
+# Helpers.
+
+
+def read_split(data_dir: str, split: str) -> list[dict]:
+    """Every record of a split, parsed with the shared schema, image decoded."""
+    files = sorted(tf.io.gfile.glob(records.shard_pattern(data_dir, split)))
+    out = []
+    for serialized in tf.data.TFRecordDataset(files):
+        parsed = tf.io.parse_single_example(serialized, records.FEATURE_SPEC)
+        image = tf.io.decode_jpeg(parsed["image/encoded"]).numpy()
+        out.append({
+            "image": image,
+            "filename": parsed["image/filename"].numpy().decode(),
+            "label": int(parsed["image/class/label"]),
+            "text": parsed["image/class/text"].numpy().decode(),
+            "height": int(parsed["image/height"]),
+            "width": int(parsed["image/width"]),
+            "format": parsed["image/format"].numpy().decode(),
+            "colorspace": parsed["image/colorspace"].numpy().decode(),
+            "channels": int(parsed["image/channels"]),
+        })
+    return out
+
+
+def all_records(data_dir: str) -> dict[str, dict]:
+    """filename -> record, over both splits (each record knows its split)."""
+    found = {}
+    for split in records.SPLITS:
+        for record in read_split(data_dir, split):
+            assert record["filename"] not in found
+            found[record["filename"]] = dict(record, split=split)
+    return found
+
+
+def shard_bytes(data_dir: str) -> dict[str, bytes]:
+    pattern = [records.shard_pattern(data_dir, s) for s in records.SPLITS]
+    return {
+        os.path.basename(p): open(p, "rb").read()
+        for p in sorted(sum((glob.glob(x) for x in pattern), []))
+    }
+
+
+def skip_reasons(info: dict) -> dict[str, str]:
+    return {entry["file"]: entry["reason"] for entry in info["skipped"]}
+
+
+def convert(input_dir, output_dir, **kwargs) -> dict:
+    kwargs.setdefault("show_progress", False)
+    return make_tfrecords.convert(str(input_dir), str(output_dir), **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# A folder with every kind of file, converted once with two workers.
+
+PLAIN = {"Alpha": 12, "Beta": 10, "Gamma": 6}
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixed")
+    src = root / "in"
+    fx.make_class_folders(str(src), PLAIN)
+    g = str(src / "Gamma")
+    fx.rgba_png(f"{g}/rgba.png", (10, 200, 30))
+    fx.grey_png(f"{g}/grey.png", 77)
+    fx.palette_png(f"{g}/palette.png", (1, 2, 250))
+    fx.grey16_png(f"{g}/grey16.png", 0x8000)
+    fx.rgb16_png(f"{g}/rgb16.png", (0xFF00, 0x8000, 0x0000))
+    fx.cmyk_jpeg(f"{g}/cmyk.jpg", (0, 255, 255, 0))  # pure red in CMYK
+    fx.exif_rotated_jpeg(f"{g}/rotated.jpg")
+    fx.not_an_image(str(src / "Alpha" / "notes.png"))
+    fx.not_an_image(str(src / "Alpha" / "readme.txt"))
+    fx.empty_file(str(src / "Alpha" / "empty.png"))
+    fx.truncated_png(str(src / "Beta" / "truncated.png"))
+    fx.bomb_png(str(src / "Beta" / "bomb.png"), 20_000)  # over PIL's own limit
+    fx.bomb_png(str(src / "Beta" / "big.png"), 8_000)  # over the converter's
+    shutil.copy(src / "Alpha" / "000.png", src / "Alpha" / "000_copy.png")
+    shutil.copy(src / "Alpha" / "001.png", src / "Beta" / "alpha_001.png")
+    (src / "Alpha" / ".DS_Store").write_bytes(b"\0\1junk")
+    fx.make_class_folders(str(src / "nonsegmentedv2"), {"Alpha": 2, "Beta": 2})
+    fx.not_an_image(str(src / "docs" / "notes.txt"))
+    fx.class_image(str(src / "Alpha" / "extra" / "x.png"), (0, 0, 0), 99)
+    out = root / "out"
+    info = convert(src, out, num_shards=3, num_workers=2)
+    return src, out, info, all_records(str(out))
+
+
+def test_output_folder_holds_exactly_the_shards_labels_and_info(mixed):
+    _, out, info, _ = mixed
+    expected = {records.INFO_FILE, records.LABELS_FILE}
+    for split in records.SPLITS:
+        n = info["splits"][split]["num_shards"]
+        expected |= {records.shard_name(split, i, n) for i in range(n)}
+    assert set(os.listdir(out)) == expected
+    assert info["splits"]["train"]["num_shards"] == 3
+    assert info["splits"]["validation"]["num_shards"] == 1
+
+
+def test_labels_and_dataset_info_content(mixed):
+    src, out, info, found = mixed
+    assert (out / "labels.txt").read_text() == "Alpha\nBeta\nGamma\n"
+    on_disk = json.loads((out / records.INFO_FILE).read_text())
+    assert on_disk == info
+    assert set(on_disk) == {
+        "name", "source", "class_names", "splits", "image", "seed",
+        "validation_fraction", "skipped", "non_class_folders",
+    }
+    assert on_disk["name"] == "plant_seedlings"
+    assert on_disk["source"] == str(src)
+    assert on_disk["class_names"] == ["Alpha", "Beta", "Gamma"]
+    assert on_disk["image"]["format"] == "JPEG"
+    assert on_disk["image"]["jpeg_quality"] == 95
+    assert on_disk["image"]["max_image_side"] == 512
+    assert (on_disk["seed"], on_disk["validation_fraction"]) == (0, 0.1)
+    for split in records.SPLITS:
+        in_split = [r for r in found.values() if r["split"] == split]
+        entry = on_disk["splits"][split]
+        assert entry["num_examples"] == len(in_split)
+        for name, count in entry["class_counts"].items():
+            assert count == sum(r["text"] == name for r in in_split)
+    dataset = records.read_dataset_info(str(out))
+    assert dataset.class_names == ("Alpha", "Beta", "Gamma")
+    assert dataset.num_examples == {s: info["splits"][s]["num_examples"] for s in records.SPLITS}
+
+
+def test_records_follow_the_schema_and_decode_as_rgb_jpeg(mixed):
+    _, _, _, found = mixed
+    names = ["Alpha", "Beta", "Gamma"]
+    for filename, record in found.items():
+        assert record["image"].ndim == 3 and record["image"].shape[2] == 3
+        assert record["image"].shape[:2] == (record["height"], record["width"])
+        assert (record["format"], record["colorspace"], record["channels"]) == ("JPEG", "RGB", 3)
+        assert record["text"] == names[record["label"]]
+        assert filename.startswith(record["text"] + "/")
+
+
+def test_label_matches_the_pixels(mixed):
+    _, _, _, found = mixed
+    plain = [r for f, r in found.items() if os.path.basename(f)[:3].isdigit()]
+    assert len(plain) == sum(PLAIN.values())  # originals kept, their copies dropped
+    for record in plain:
+        centre = record["image"][20, 20].astype(int)
+        np.testing.assert_allclose(centre, fx.CLASS_COLOURS[record["label"]], atol=6)
+
+
+@pytest.mark.parametrize(
+    "name, expected_rgb",
+    [
+        ("grey.png", (77, 77, 77)),
+        ("palette.png", (1, 2, 250)),
+        ("grey16.png", (128, 128, 128)),  # 0x8000 scaled, not clipped to white
+        ("rgb16.png", (255, 128, 0)),
+        ("cmyk.jpg", (255, 0, 0)),
+    ],
+)
+def test_every_colour_mode_becomes_the_right_rgb(mixed, name, expected_rgb):
+    _, _, _, found = mixed
+    image = found[f"Gamma/{name}"]["image"]
+    np.testing.assert_allclose(image.reshape(-1, 3).mean(axis=0), expected_rgb, atol=4)
+
+
+def test_alpha_is_composited_over_black(mixed):
+    image = mixed[3]["Gamma/rgba.png"]["image"].astype(int)
+    np.testing.assert_allclose(image[10, 3], (10, 200, 30), atol=6)  # opaque half
+    np.testing.assert_allclose(image[10, 16], (0, 0, 0), atol=6)  # transparent half
+
+
+def test_exif_orientation_is_applied(mixed):
+    image = mixed[3]["Gamma/rotated.jpg"]["image"].astype(int)
+    assert image.shape == (48, 24, 3)  # stored 48 wide x 24 high, shown tall
+    np.testing.assert_allclose(image[24, 20], (255, 0, 0), atol=20)  # top -> right
+    np.testing.assert_allclose(image[24, 3], (0, 0, 255), atol=20)  # bottom -> left
+
+
+@pytest.mark.parametrize(
+    "file, reason",
+    [
+        ("Alpha/notes.png", "not an image"),
+        ("Alpha/readme.txt", "not an image"),
+        ("Alpha/empty.png", "empty file"),
+        ("Beta/truncated.png", "truncated"),
+        ("Beta/bomb.png", "decompression bomb"),
+        ("Beta/big.png", "decompression bomb"),
+        ("Alpha/000_copy.png", "duplicate: same bytes as Alpha/000.png"),
+        ("Beta/alpha_001.png", "duplicate: same bytes as Alpha/001.png"),
+    ],
+)
+def test_bad_files_are_skipped_with_a_reason(mixed, file, reason):
+    _, _, info, found = mixed
+    assert skip_reasons(info)[file].startswith(reason)
+    assert file not in found
+
+
+def test_hidden_files_are_ignored_and_every_skip_is_reported(mixed):
+    _, _, info, _ = mixed
+    assert len(info["skipped"]) == 8
+    assert not any(".DS_Store" in f for f in skip_reasons(info))
+
+
+def test_folders_that_are_not_classes_are_reported_not_read(mixed):
+    _, out, info, found = mixed
+    folders = {d["folder"]: d["reason"] for d in info["non_class_folders"]}
+    assert set(folders) == {"nonsegmentedv2", "docs", "Alpha/extra"}
+    assert "only subfolders" in folders["nonsegmentedv2"]
+    assert "no image files" in folders["docs"]
+    assert not any(f.startswith(("nonsegmentedv2", "docs", "Alpha/extra")) for f in found)
+    summary = make_tfrecords.format_summary(info)
+    assert "not a class folder, not read: nonsegmentedv2/" in summary
+    assert "skipped 8 file(s)" in summary
+
+
+def test_channel_statistics_are_those_of_the_train_images(mixed):
+    _, out, info, _ = mixed
+    pixels = np.concatenate(
+        [r["image"].reshape(-1, 3) / 255.0 for r in read_split(str(out), "train")]
+    )
+    # The converter measures before JPEG encoding; the tolerance covers it.
+    np.testing.assert_allclose(info["image"]["mean"], pixels.mean(axis=0), atol=0.01)
+    np.testing.assert_allclose(info["image"]["std"], pixels.std(axis=0), atol=0.01)
+
+
+# ---------------------------------------------------------------------------
+# Splits: stratified, duplicate-safe and deterministic.
+
+COUNTS = {"A": 40, "B": 20, "C": 10}
+SPLIT_OPTIONS = dict(num_shards=4, validation_fraction=0.2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plain")
+    fx.make_class_folders(str(root / "in"), COUNTS, size=(16, 16))
+    one = convert(root / "in", root / "one", num_workers=1, **SPLIT_OPTIONS)
+    two = convert(root / "in", root / "two", num_workers=2, **SPLIT_OPTIONS)
+    return root, one, two
+
+
+def test_split_is_stratified(plain):
+    _, info, _ = plain
+    assert info["splits"]["validation"]["class_counts"] == {"A": 8, "B": 4, "C": 2}
+    assert info["splits"]["train"]["class_counts"] == {"A": 32, "B": 16, "C": 8}
+
+
+def test_small_classes_keep_one_validation_and_one_train_image(tmp_path):
+    fx.make_class_folders(str(tmp_path / "in"), {"A": 30, "B": 2, "C": 1}, size=(8, 8))
+    info = convert(tmp_path / "in", tmp_path / "out", num_workers=1)
+    assert info["splits"]["validation"]["class_counts"] == {"A": 3, "B": 1, "C": 0}
+    assert info["splits"]["train"]["class_counts"] == {"A": 27, "B": 1, "C": 1}
+
+
+def test_records_are_identical_whatever_the_number_of_workers(plain):
+    root, one, two = plain
+    assert one == two
+    assert shard_bytes(str(root / "one")) == shard_bytes(str(root / "two"))
+
+
+def test_shards_mix_classes_and_other_seeds_give_other_splits(plain, tmp_path):
+    root, one, _ = plain
+    shards = sorted(glob.glob(records.shard_pattern(str(root / "one"), "train")))
+    parse = lambda r: int(tf.io.parse_single_example(r, records.FEATURE_SPEC)["image/class/label"])
+    assert len(shards) == 4
+    assert {parse(r) for r in tf.data.TFRecordDataset(shards[0])} == {0, 1, 2}
+    other = convert(root / "in", tmp_path / "other", num_workers=1, **dict(SPLIT_OPTIONS, seed=1))
+    validation = lambda d: {r["filename"] for r in read_split(str(d), "validation")}
+    assert validation(root / "one") != validation(tmp_path / "other")
+    counts = lambda info: info["splits"]["validation"]["class_counts"]
+    assert counts(other) == counts(one)
+
+
+def test_copies_never_land_in_both_splits(tmp_path):
+    src = tmp_path / "in"
+    fx.make_class_folders(str(src), {"A": 20, "B": 20}, size=(8, 8))
+    for name in ("A", "B"):  # every image twice in its class
+        for i in range(20):
+            shutil.copy(src / name / f"{i:03d}.png", src / name / f"{i:03d}_again.png")
+    for i in range(5):  # and a few also in the other class
+        shutil.copy(src / "A" / f"{i:03d}.png", src / "B" / f"from_a_{i}.png")
+    info = convert(src, tmp_path / "out", num_workers=1, validation_fraction=0.5)
+    seen = {}
+    for split in records.SPLITS:
+        for record in read_split(str(tmp_path / "out"), split):
+            digest = hashlib.sha256(record["image"].tobytes()).hexdigest()
+            assert digest not in seen, f"{record['filename']} is also {seen[digest]}"
+            seen[digest] = record["filename"]
+    assert sorted(seen.values()) == [f"{c}/{i:03d}.png" for c in "AB" for i in range(20)]
+    assert sum(r["reason"].startswith("duplicate") for r in info["skipped"]) == 45
+
+
+# ---------------------------------------------------------------------------
+# Images and layouts.
+
+
+def test_max_image_side_shrinks_keeping_the_aspect_ratio(tmp_path):
+    src = tmp_path / "in"
+    fx.noise_png(str(src / "A" / "wide.png"), size=(300, 150))
+    fx.noise_png(str(src / "A" / "small.png"), size=(40, 30), seed=1)
+    fx.noise_png(str(src / "B" / "tall.png"), size=(90, 270), seed=2)
+    fx.noise_png(str(src / "B" / "tall2.png"), size=(90, 270), seed=3)
+    sizes = lambda out: {f: (r["width"], r["height"]) for f, r in all_records(str(out)).items()}
+    convert(src, tmp_path / "small", num_workers=1, max_image_side=100)
+    assert sizes(tmp_path / "small") == {
+        "A/wide.png": (100, 50), "A/small.png": (40, 30),
+        "B/tall.png": (33, 100), "B/tall2.png": (33, 100),
+    }
+    convert(src, tmp_path / "full", num_workers=1, max_image_side=0)
+    assert sizes(tmp_path / "full")["A/wide.png"] == (300, 150)
+
+
+def test_kaggle_root_reads_classes_from_train(tmp_path):
+    fx.make_class_folders(str(tmp_path / "kaggle" / "train"), {"A": 3, "B": 3}, size=(8, 8))
+    fx.noise_png(str(tmp_path / "kaggle" / "test" / "0021e90e4.png"), size=(8, 8))
+    (tmp_path / "kaggle" / "sample_submission.csv").write_text("file,species\n")
+    info = convert(tmp_path / "kaggle", tmp_path / "out", num_workers=1)
+    assert info["class_names"] == ["A", "B"]
+    assert "train/A/000.png" in all_records(str(tmp_path / "out"))
+
+
+def test_gfile_output_path_works(tmp_path):
+    # ram:// lives in one process: it works here because only the parent
+    # process touches the output folder, workers never do.
+    fx.make_class_folders(str(tmp_path / "in"), {"A": 6, "B": 6}, size=(8, 8))
+    out = "ram://converter_test/out"
+    info = convert(tmp_path / "in", out, num_workers=2, num_shards=2)
+    assert records.read_dataset_info(out).num_examples == {"train": 10, "validation": 2}
+    assert records.read_labels(out) == ["A", "B"]
+    assert sum(len(read_split(out, s)) for s in records.SPLITS) == 12
+    assert not tf.io.gfile.glob(out + "/.tmp-*")
+    assert info["splits"]["train"]["num_shards"] == 2
+
+
+def test_workers_do_not_import_tensorflow():
+    # Spawned workers import this module to run _probe and _encode.
+    code = "import sys, input_pipeline.make_tfrecords; sys.exit('tensorflow' in sys.modules)"
+    assert subprocess.run([PYTHON, "-c", code], cwd=REPO).returncode == 0
+
+
+# ---------------------------------------------------------------------------
+# Output folder safety.
+
+
+def test_non_empty_output_is_refused_and_overwrite_replaces_old_shards(plain, tmp_path):
+    root, _, _ = plain
+    out = tmp_path / "out"
+    convert(root / "in", out, num_workers=1, num_shards=3)
+    (out / "notes.md").write_text("mine")
+    (out / ".tmp-train-00000-of-00003.tfrecord").write_bytes(b"left by a killed run")
+    with pytest.raises(make_tfrecords.ConversionError, match="not empty.*--overwrite"):
+        convert(root / "in", out, num_workers=1, num_shards=2)
+    convert(root / "in", out, num_workers=1, num_shards=2, overwrite=True)
+    assert sorted(os.listdir(out)) == [
+        "dataset_info.json", "labels.txt", "notes.md",
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
+        "validation-00000-of-00001.tfrecord",
+    ]
+
+
+def test_failure_mid_run_leaves_only_complete_shards(plain, tmp_path, monkeypatch):
+    root, _, _ = plain
+    encode, calls = make_tfrecords._encode, []
+
+    def failing_encode(task):
+        calls.append(task)
+        if len(calls) == 31:  # train shards hold 14 records: fail inside the third
+            raise RuntimeError("simulated worker failure")
+        return encode(task)
+
+    monkeypatch.setattr(make_tfrecords, "_encode", failing_encode)
+    with pytest.raises(RuntimeError, match="simulated"):
+        convert(root / "in", tmp_path / "out", num_workers=1, **SPLIT_OPTIONS)
+    left = shard_bytes(str(tmp_path / "out"))
+    reference = shard_bytes(str(root / "one"))
+    assert sorted(left) == ["train-00000-of-00004.tfrecord", "train-00001-of-00004.tfrecord"]
+    assert all(left[name] == reference[name] for name in left)  # complete, not partial
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(left)  # no temp file, no info
+
+
+@pytest.fixture(scope="module")
+def slow_input(tmp_path_factory):
+    """Enough noise images that a run can be stopped inside its second shard."""
+    root = tmp_path_factory.mktemp("slow")
+    for i in range(60):
+        fx.noise_png(str(root / "in" / "A" / f"{i}.png"), size=(256, 256), seed=i)
+        fx.noise_png(str(root / "in" / "B" / f"{i}.png"), size=(256, 256), seed=1000 + i)
+    reference = convert(root / "in", root / "reference", num_workers=1, num_shards=2)
+    return root / "in", root / "reference", reference
+
+
+@pytest.mark.parametrize(
+    "stop, workers, left_behind",
+    [
+        # Ctrl-C (to the whole process group, workers included): the parent
+        # removes the shard in progress and says so in one line.
+        (signal.SIGINT, 2, []),
+        # A hard kill cannot clean up: the shard in progress stays under its
+        # temporary name, which no reader matches.
+        (signal.SIGKILL, 1, [".tmp-train-00001-of-00002.tfrecord"]),
+    ],
+    ids=["ctrl-c", "kill"],
+)
+def test_stopped_run_leaves_no_shard_that_looks_complete(
+    slow_input, tmp_path, stop, workers, left_behind
+):
+    src, reference_dir, reference = slow_input
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        MODULE + [f"--input_dir={src}", f"--output_dir={out}", "--num_shards=2",
+                  f"--num_workers={workers}"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not (out / ".tmp-train-00001-of-00002.tfrecord").exists():
+            assert process.poll() is None and time.time() < deadline, "run ended too soon"
+            time.sleep(0.002)
+        os.killpg(process.pid, stop)  # inside the second train shard
+    finally:
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert sorted(os.listdir(out)) == left_behind + ["train-00000-of-00002.tfrecord"]
+    name = "train-00000-of-00002.tfrecord"
+    assert (out / name).read_bytes() == (reference_dir / name).read_bytes()
+    if stop == signal.SIGINT:
+        assert stderr.strip() == (
+            "make_tfrecords: error: interrupted: complete shards are kept, "
+            "dataset_info.json is not written"
+        )
+    with pytest.raises(make_tfrecords.ConversionError, match="not empty"):
+        convert(src, out, num_workers=1, num_shards=2)
+    rerun = convert(src, out, num_workers=1, num_shards=2, overwrite=True)
+    assert rerun == reference
+    assert shard_bytes(str(out)) == shard_bytes(str(reference_dir))
+    assert not glob.glob(str(out / ".tmp-*"))
+
+
+def test_progress_bars_show_on_a_terminal_only(plain, tmp_path, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    root, _, _ = plain
+    for stream, expect_bars in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        convert(root / "in", tmp_path / str(expect_bars), num_workers=1, show_progress=True)
+        assert ("scanning" in stream.getvalue()) is expect_bars
+        assert ("converting" in stream.getvalue()) is expect_bars
+
+
+def test_class_with_no_valid_images_is_an_error(tmp_path):
+    fx.make_class_folders(str(tmp_path / "in"), {"A": 3}, size=(8, 8))
+    fx.not_an_image(str(tmp_path / "in" / "B" / "0.png"))
+    fx.truncated_png(str(tmp_path / "in" / "B" / "1.png"))
+    with pytest.raises(make_tfrecords.ConversionError, match="class 'B' has no valid images"):
+        convert(tmp_path / "in", tmp_path / "out", num_workers=1)
+    assert not os.path.exists(tmp_path / "out" / records.INFO_FILE)
+
+
+# ---------------------------------------------------------------------------
+# The command line, run as subprocesses all at once.
+
+
+def _cli_cases(tmp) -> dict[str, tuple[list[str], str]]:
+    """name -> (command, text the one-line error must contain)."""
+    good = tmp / "good"
+    fx.make_class_folders(str(good), {"A": 3, "B": 3}, size=(8, 8))
+    (tmp / "empty").mkdir()
+    fx.make_class_folders(str(tmp / "nested" / "copy"), {"A": 1}, size=(8, 8))
+    fx.make_class_folders(str(tmp / "no_valid"), {"A": 2}, size=(8, 8))
+    fx.not_an_image(str(tmp / "no_valid" / "B" / "0.png"))
+    (tmp / "full").mkdir()
+    (tmp / "full" / "old.txt").write_text("x")
+    dirs = lambda i, o="out": [f"--input_dir={i}", f"--output_dir={tmp / o}"]
+    return {
+        "input missing": (MODULE + dirs(tmp / "nope"), "does not exist"),
+        "input empty": (MODULE + dirs(tmp / "empty"), "is empty"),
+        "no class folders": (MODULE + dirs(tmp / "nested"), "no class folders"),
+        "class without valid images": (MODULE + dirs(tmp / "no_valid"), "class 'B' has no valid"),
+        "output not empty": (MODULE + dirs(good, "full"), "not empty; pass --overwrite"),
+        "num_shards 0": (MODULE + dirs(good) + ["--num_shards=0"], "--num_shards must be >= 1"),
+        "num_shards text": (MODULE + dirs(good) + ["--num_shards=many"], "--num_shards"),
+        "fraction 1.5": (
+            MODULE + dirs(good) + ["--validation_fraction=1.5"], "--validation_fraction"
+        ),
+        "fraction 0": (MODULE + dirs(good) + ["--validation_fraction=0"], "--validation_fraction"),
+        "max side -1": (MODULE + dirs(good) + ["--max_image_side=-1"], "--max_image_side"),
+        "quality 0": (MODULE + dirs(good) + ["--jpeg_quality=0"], "--jpeg_quality"),
+        "quality 101": (MODULE + dirs(good) + ["--jpeg_quality=101"], "--jpeg_quality"),
+        "workers 0": (MODULE + dirs(good) + ["--num_workers=0"], "--num_workers"),
+        "seed text": (MODULE + dirs(good) + ["--seed=x"], "--seed"),
+        "no input flag": (MODULE + [f"--output_dir={tmp / 'out'}"], "--input_dir"),
+        "stray argument": (MODULE + dirs(good) + ["extra"], "unexpected arguments: extra"),
+        "unknown flag": (MODULE + dirs(good) + ["--shards=3"], "shards"),
+    }
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    cases = _cli_cases(tmp)
+    fx.make_class_folders(str(tmp / "wrapped"), {"A": 4, "B": 4}, size=(8, 8))
+    commands = {name: command for name, (command, _) in cases.items()}
+    commands["help"] = MODULE + ["--help"]
+    # Relative paths from another folder: the wrapper must not change directory.
+    commands["wrapper"] = [os.path.join(REPO, "scripts", "make_tfrecords.sh"),
+                           "wrapped", "wrapped_out", "--num_shards=2"]
+    commands["wrapper usage"] = [os.path.join(REPO, "scripts", "make_tfrecords.sh")]
+    processes = {
+        name: subprocess.Popen(command, cwd=tmp if name.startswith("wrapper") else REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, command in commands.items()
+    }
+    results = {}
+    try:
+        for name, process in processes.items():
+            stdout, stderr = process.communicate(timeout=120)
+            results[name] = (process.returncode, stdout, stderr)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+    return tmp, cases, results
+
+
+CLI_ERRORS = [
+    "input missing", "input empty", "no class folders", "class without valid images",
+    "output not empty", "num_shards 0", "num_shards text", "fraction 1.5", "fraction 0",
+    "max side -1", "quality 0", "quality 101", "workers 0", "seed text", "no input flag",
+    "stray argument", "unknown flag",
+]
+
+
+@pytest.mark.parametrize("case", CLI_ERRORS)
+def test_cli_errors_are_one_line(cli, case):
+    _, cases, results = cli
+    assert sorted(cases) == sorted(CLI_ERRORS)
+    returncode, _, stderr = results[case]
+    assert returncode != 0
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("make_tfrecords: error: ")
+    assert cases[case][1] in lines[0]
+
+
+def test_help_documents_every_flag(cli):
+    _, _, results = cli
+    _, stdout, _ = results["help"]
+    for flag in ("input_dir", "output_dir", "num_shards", "validation_fraction", "seed",
+                 "max_image_side", "jpeg_quality", "num_workers", "overwrite"):
+        assert f"--{flag}" in stdout or f"--[no]{flag}" in stdout
+
+
+def test_shell_wrapper_converts_and_prints_a_summary(cli):
+    tmp, _, results = cli
+    returncode, stdout, stderr = results["wrapper"]
+    assert returncode == 0, stderr
+    assert "train: 6 examples in 2 shard(s)" in stdout
+    assert "validation: 2 examples in 1 shard(s)" in stdout
+    assert records.read_dataset_info(str(tmp / "wrapped_out")).num_shards["train"] == 2
+    returncode, _, stderr = results["wrapper usage"]
+    assert returncode == 2 and stderr.startswith("usage:")
