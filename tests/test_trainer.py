@@ -315,3 +315,19 @@ def test_help_documents_every_flag():
                  "profile_steps"):
         # absl shows boolean flags as --[no]name.
         assert f"--{name}:" in result.stdout or f"--[no]{name}:" in result.stdout, name
+
+
+def test_configs_parse_with_the_real_trainer_flags():
+    configs = sorted(f for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".cfg"))
+    assert {"cpu_demo.cfg", "gpu_1x.cfg", "gpu_8x.cfg", "gpu_multiworker.cfg",
+            "tpu_v5e_8.cfg"} <= set(configs)
+    code = ("from trainer import main\n"
+            "for name in %r:\n"
+            "    main.FLAGS.unparse_flags()\n"
+            "    main.FLAGS(['trainer', '--flagfile=configs/' + name])\n"
+            "    print(name, main.FLAGS.model, main.FLAGS.batch_size)\n" % configs)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert_ok(result)
+    parsed = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
+    assert set(parsed) == set(configs)
