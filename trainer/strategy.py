@@ -77,8 +77,9 @@ def _make_tpu_strategy(tpu: str | None) -> tf.distribute.TPUStrategy:
 
 def make_strategy(name: str, *, tpu: str | None = None) -> tf.distribute.Strategy:
     """Builds the tf.distribute strategy named on the command line."""
-    gpus = tf.config.list_logical_devices("GPU")
-    cpus = tf.config.list_logical_devices("CPU")
+    # Physical devices: listing logical ones initialises TensorFlow, after
+    # which MultiWorkerMirroredStrategy can no longer set up collective ops.
+    gpus = tf.config.list_physical_devices("GPU")
     if name == "auto":
         if _tpu_attached(tpu):
             name = "tpu"
@@ -89,13 +90,13 @@ def make_strategy(name: str, *, tpu: str | None = None) -> tf.distribute.Strateg
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else cpus[0].name)
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     if name == "mirrored":
         if gpus:
             return tf.distribute.MirroredStrategy()
         # NCCL is GPU-only; logical CPU devices reduce through one device.
         return tf.distribute.MirroredStrategy(
-            devices=[d.name for d in cpus],
+            devices=[d.name for d in tf.config.list_logical_devices("CPU")],
             cross_device_ops=tf.distribute.ReductionToOneDevice(),
         )
     if name == "multi_worker_mirrored":
@@ -128,6 +129,18 @@ def _check_tf_config() -> None:
         ) from e
     if not isinstance(cluster, dict) or not cluster:
         raise ValueError("TF_CONFIG's 'cluster' must map task types to address lists")
+
+
+def wait_for_all_workers(strategy: tf.distribute.Strategy) -> None:
+    """Returns once every worker has called it; a no-op with one process.
+
+    MultiWorkerMirrored workers must leave together: when one exits while
+    another still works (the chief exporting), the coordination service
+    reports the first as crashed, and the last waits about a minute at exit.
+    """
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        tf.function(lambda: strategy.reduce(
+            tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(0)), axis=None))()
 
 
 def device_kind(strategy: tf.distribute.Strategy) -> str:

@@ -3,15 +3,32 @@
 Like Orbit's single-task trainer, a `tf.function` runs `steps_per_loop`
 steps per call, each a `strategy.run` of the replica step, so the same code
 drives one CPU, a GPU host, several hosts or a TPU pod.
+
+Faults, and what each costs:
+- SIGTERM (preemption, maintenance, job cancel): the loop stops at the next
+  step boundary on every worker, saves that step and exits with status 143
+  (`trainer/preemption.py`). Rerunning the same command loses no step.
+- A crash or kill -9: the rerun resumes from the last periodic checkpoint.
+  The CheckpointManager writes the data files, then the index, and only then
+  rewrites the `checkpoint` file naming the latest one (a rename locally, a
+  single object write on gs://), so an interrupted save is never picked up.
+  `restore_newest` still reads each candidate back and falls back to an
+  older one if, say, a disk lost unflushed data in a power cut.
+- A failed checkpoint write: one line naming the step and the intact
+  previous checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import os
+import posixpath
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import keras
@@ -25,9 +42,10 @@ from trainer import metrics
 from trainer import models
 from trainer import optimizers
 from trainer import periodic
+from trainer import preemption
 from trainer import reporting
 from trainer.config import TrainConfig
-from trainer.strategy import Runtime, setup_runtime
+from trainer.strategy import Runtime, setup_runtime, wait_for_all_workers
 from trainer.summaries import Summaries
 
 INPUT_DTYPES = {"float32": tf.float32, "mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}
@@ -41,6 +59,20 @@ class State:
     optimizer: keras.optimizers.Optimizer
     step: tf.Variable
     manager: tf.train.CheckpointManager
+    # The newest checkpoint restored or saved, and its step (-1: none). The
+    # same on every worker, which must all save at the same steps.
+    checkpoint_path: str | None = None
+    saved_step: int = -1
+
+
+class LoopResult(NamedTuple):
+    """What one call of the compiled training loop returns."""
+
+    loss: tf.Tensor  # Mean over the steps run.
+    accuracy: tf.Tensor
+    first_bad: tf.Tensor  # Index of the first step with a NaN/inf loss, or -1.
+    steps: tf.Tensor  # Steps run: fewer than asked when preempted.
+    preempted: tf.Tensor  # SIGTERM on any worker: stop and save.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +109,15 @@ def cross_entropy(labels: tf.Tensor, logits: tf.Tensor, num_classes: int, smooth
 
 
 def create_state(config: TrainConfig, runtime: Runtime, info: records.DatasetInfo,
-                 schedule: Schedule, checkpoint_dir: str) -> State:
-    """Builds model, optimizer and step under the strategy and restores the latest checkpoint."""
+                 schedule: Schedule, checkpoint_dir: str, restore_dir: str | None = None) -> State:
+    """Builds model, optimizer and step under the strategy and restores the newest checkpoint.
+
+    Args:
+      checkpoint_dir: where this process saves.
+      restore_dir: where it restores from (default: `checkpoint_dir`). Every
+        worker restores the chief's checkpoints, though only the chief saves
+        into that folder.
+    """
     with runtime.strategy.scope():
         model = models.create_model(
             config.model, info.num_classes, width=config.width,
@@ -100,15 +139,91 @@ def create_state(config: TrainConfig, runtime: Runtime, info: records.DatasetInf
     manager = tf.train.CheckpointManager(
         checkpoint, checkpoint_dir, max_to_keep=config.keep_checkpoints, step_counter=step
     )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("restored %s at step %d", manager.latest_checkpoint, int(step.numpy()))
-    return State(model, optimizer, step, manager)
+    # Created now, not at the first save, so that a restore matches every
+    # saved value and leaves TF nothing to warn about at exit.
+    _ = checkpoint.save_counter
+    state = State(model, optimizer, step, manager)
+    restored = restore_newest(checkpoint, restore_dir or checkpoint_dir)
+    if restored:
+        state.checkpoint_path, state.saved_step = restored, int(step.numpy())
+        logging.info("restored %s at step %d", restored, state.saved_step)
+    return state
+
+
+def restore_newest(checkpoint: tf.train.Checkpoint, directory: str) -> str | None:
+    """Restores the newest checkpoint in `directory` that reads back whole.
+
+    Every `ckpt-N.index` is a candidate, newest first, whatever the
+    `checkpoint` file says: that file may itself be lost, or lag one save
+    behind a kill. A damaged candidate (a truncated file fails its CRC, a
+    missing one fails to open) is skipped with a warning.
+
+    Raises:
+      RuntimeError: checkpoints exist but none restores (e.g. they are of
+        another --model); starting over silently would discard them.
+    """
+    candidates = _checkpoints_newest_first(directory)
+    for path in candidates:
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+            return path
+        except Exception as e:  # pylint: disable=broad-except
+            # Damage shows as OpErrors, IndexError ("read less bytes than
+            # requested") or AssertionError (objects missing), and more.
+            logging.warning("checkpoint %s does not restore (%s); trying an older one",
+                            path, _first_line(e))
+    if candidates:
+        raise RuntimeError(
+            f"none of the {len(candidates)} checkpoints in {directory} restores into this model "
+            f"(newest: {candidates[0]}); check --model and --width, or use a new --model_dir"
+        )
+    return None
+
+
+def _checkpoints_newest_first(directory: str) -> list[str]:
+    numbered = []
+    for index_file in tf.io.gfile.glob(posixpath.join(directory, "ckpt-*.index")):
+        prefix = index_file[:-len(".index")]
+        number = prefix.rpartition("-")[2]
+        if number.isdigit():
+            numbered.append((int(number), prefix))
+    return [prefix for _, prefix in sorted(numbered, reverse=True)]
+
+
+def save_checkpoint(state: State, step: int) -> None:
+    """Saves `step` once; a second call for the same step does nothing.
+
+    Raises:
+      RuntimeError: the write failed (disk full, bucket not writable). The
+        previous checkpoint stays the latest: the manager names a new one
+        only after its files are complete.
+    """
+    if step == state.saved_step:
+        return
+    try:
+        path = state.manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as e:
+        raise RuntimeError(
+            f"could not write the checkpoint of step {step} to {state.manager.directory} "
+            f"({_first_line(e)}); the latest good one, {state.checkpoint_path or 'none'}, is "
+            "intact: fix the disk or bucket and rerun to resume from it"
+        ) from e
+    state.checkpoint_path, state.saved_step = path, step
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def make_train_loop(runtime: Runtime, state: State, *, global_batch_size: int,
-                    num_classes: int, label_smoothing: float):
-    """Returns `train_loop(iterator, num_steps) -> (loss, accuracy, first_bad_step)`."""
+                    num_classes: int, label_smoothing: float,
+                    stop_requested: Callable[[], tf.Tensor] = lambda: tf.constant(False)):
+    """Returns `train_loop(iterator, num_steps) -> LoopResult`.
+
+    `stop_requested` runs after every step, inside the compiled loop (see
+    `preemption.make_stop_check`); when it turns true the loop returns early.
+    """
     strategy, model, optimizer = runtime.strategy, state.model, state.optimizer
     scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -133,16 +248,44 @@ def make_train_loop(runtime: Runtime, state: State, *, global_batch_size: int,
     def train_loop(iterator, num_steps):
         loss_sum, correct_sum = tf.constant(0.0), tf.constant(0.0)
         first_bad = tf.constant(-1, tf.int32)
-        for i in tf.range(num_steps):
+        steps, preempted = tf.constant(0, tf.int32), tf.constant(False)
+        while steps < num_steps and not preempted:
             loss, correct = strategy.run(replica_step, args=next(iterator))
             loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-            first_bad = tf.where((first_bad < 0) & ~tf.math.is_finite(loss), i, first_bad)
+            first_bad = tf.where((first_bad < 0) & ~tf.math.is_finite(loss), steps, first_bad)
             loss_sum += loss
             correct_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
-        steps = tf.cast(num_steps, tf.float32)
-        return loss_sum / steps, correct_sum / (steps * global_batch_size), first_bad
+            steps += 1
+            # After every step, never before one: each step then runs the same
+            # collectives on every worker, however their loops are split.
+            preempted = stop_requested()
+        ran = tf.cast(tf.maximum(steps, 1), tf.float32)
+        return LoopResult(loss_sum / ran, correct_sum / (ran * global_batch_size), first_bad,
+                          steps, preempted)
 
     return train_loop
+
+
+def make_sync_statistics(runtime: Runtime, model: keras.Model) -> Callable[[], None]:
+    """Returns `sync()`, which sets every replica's batch-norm statistics to their mean.
+
+    Keras makes the moving mean and variance mirrored variables that each
+    replica updates from its own batches only, so the replicas drift apart:
+    a checkpoint would keep the chief's first replica's statistics, and each
+    replica would evaluate with its own. Averaging them before every save
+    and evaluation (one batched all-reduce) makes both use all the data.
+    """
+    strategy, statistics = runtime.strategy, model.non_trainable_variables
+    if runtime.num_replicas == 1 or not statistics:
+        return lambda: None
+
+    def average():
+        means = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in statistics])
+        for variable, mean in zip(statistics, means):
+            variable.assign(mean)
+
+    return tf.function(lambda: strategy.run(average))
 
 
 def make_eval_step(runtime: Runtime, model: keras.Model, num_classes: int):
@@ -185,13 +328,16 @@ def evaluate(eval_step, dataset, num_classes: int) -> dict[str, Any]:
 
 
 def _distribute(runtime: Runtime, config: TrainConfig, info: records.DatasetInfo,
-                split: str, training: bool):
+                split: str, training: bool, first_step: int = 0):
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         return create_dataset(
             config.data_dir, split,
             batch_size=context.get_per_replica_batch_size(config.batch_size),
             image_size=config.image_size, training=training, input_context=context,
-            dtype=INPUT_DTYPES[runtime.precision], seed=config.seed, info=info,
+            dtype=INPUT_DTYPES[runtime.precision], info=info,
+            # The shuffle position is not checkpointed: a run resumed at step
+            # N gets another seed, or it would replay the batches of step 0 on.
+            seed=config.seed + first_step,
         )
 
     return runtime.strategy.distribute_datasets_from_function(dataset_fn)
@@ -199,14 +345,27 @@ def _distribute(runtime: Runtime, config: TrainConfig, info: records.DatasetInfo
 
 def _checkpoint_dir(runtime: Runtime, paths_dir: str) -> str:
     # Every MultiWorkerMirrored worker must take part in saving, but only the
-    # chief's copy is kept; the others write to a scratch folder removed later.
+    # chief's copy is kept; the others write to a local scratch folder that
+    # is removed afterwards. Summaries, traces, metrics.json and exports need
+    # no scratch: only the chief writes them at all.
     if runtime.is_chief:
         return paths_dir
-    return tempfile.mkdtemp(prefix="seedlings-worker-ckpt-")
+    # Named after the model dir and the task, so that the rerun of a killed
+    # worker removes what the killed one left.
+    resolver = runtime.strategy.cluster_resolver
+    run_id = hashlib.sha256(paths_dir.encode()).hexdigest()[:12]
+    scratch = os.path.join(tempfile.gettempdir(), f"seedlings-worker-ckpt-{run_id}-"
+                                                  f"{resolver.task_type}-{resolver.task_id}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    return scratch
 
 
 def run(config: TrainConfig) -> dict[str, Any] | None:
-    """Runs `config.mode`: train, train_and_eval, eval or export."""
+    """Runs `config.mode`: train, train_and_eval, eval or export.
+
+    Raises:
+      preemption.Preempted: SIGTERM while training, once the step is saved.
+    """
     info = records.read_dataset_info(config.data_dir)
     runtime = setup_runtime(config.strategy, tpu=config.tpu,
                             precision=config.mixed_precision, jit_compile=config.jit_compile)
@@ -215,63 +374,124 @@ def run(config: TrainConfig) -> dict[str, Any] | None:
     schedule = Schedule.create(config, info, runtime.num_replicas)
     checkpoint_dir = _checkpoint_dir(runtime, config.paths.checkpoints)
     try:
-        state = create_state(config, runtime, info, schedule, checkpoint_dir)
+        state = create_state(config, runtime, info, schedule, checkpoint_dir,
+                             restore_dir=config.paths.checkpoints)
+        summaries = Summaries(config.paths.summaries, enabled=runtime.is_chief)
+        results = None
         if config.mode == "export":
-            return _export(config, runtime, info, state)
-        if config.mode == "eval":
-            return _evaluate_and_report(config, runtime, info, state, Summaries(
-                config.paths.summaries, enabled=runtime.is_chief))
-        return train(config, runtime, info, schedule, state)
+            if runtime.is_chief:
+                _export(config, info, state)
+        elif config.mode == "eval":
+            results = _evaluate_and_report(config, runtime, info, state, summaries)
+        else:
+            results = train(config, runtime, info, schedule, state, summaries)
+    except preemption.Preempted as stopped:
+        wait_for_all_workers(runtime.strategy)  # All stopped at the same step and saved.
+        logging.warning(stopped.message)
+        raise
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
+        # What the survivors get within seconds when a worker (or a TPU host)
+        # dies mid-collective, e.g. killed or its VM lost without notice.
+        raise RuntimeError(
+            f"lost contact with another worker or device ({type(e).__name__}); restart every "
+            f"worker with the same command to resume from the last checkpoint in "
+            f"{config.paths.checkpoints}"
+        ) from e
     finally:
         if checkpoint_dir != config.paths.checkpoints:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    wait_for_all_workers(runtime.strategy)
+    return results
 
 
 def train(config: TrainConfig, runtime: Runtime, info: records.DatasetInfo,
-          schedule: Schedule, state: State) -> dict[str, Any] | None:
-    """The loop: restore, then per loop of steps train, log, maybe evaluate, maybe checkpoint."""
+          schedule: Schedule, state: State, summaries: Summaries) -> dict[str, Any] | None:
+    """The loop: per loop of steps train, log, maybe checkpoint, maybe evaluate; then export.
+
+    Raises:
+      preemption.Preempted: on SIGTERM, after saving the step it stopped at.
+    """
     step, target = int(state.step.numpy()), schedule.total_steps
-    if step >= target:
-        logging.info("already at step %d of %d: nothing to do", step, target)
-        return None
-    summaries = Summaries(config.paths.summaries, enabled=runtime.is_chief)
-    if step == 0:
-        reporting.log_start(summaries, config, runtime, info, schedule)
-    train_loop = make_train_loop(runtime, state, global_batch_size=schedule.global_batch_size,
-                                 num_classes=info.num_classes, label_smoothing=config.label_smoothing)
-    iterator = iter(_distribute(runtime, config, info, records.TRAIN, training=True))
-    evaluate_now, checkpoint_now = periodic.Every(config.eval_every), periodic.Every(config.checkpoint_every)
     evaluating = config.mode == "train_and_eval"
+    if step >= target:
+        return _finish(config, runtime, info, state, summaries, target)
+    evaluate_now, checkpoint_now = periodic.Every(config.eval_every), periodic.Every(config.checkpoint_every)
     profiler = reporting.Profiler(config.profile_steps, config.paths.summaries, enabled=runtime.is_chief)
     throughput = periodic.Throughput(schedule.global_batch_size)
-    throughput.start(step)
     results = None
-    while step < target:
-        stop = periodic.next_stop(
-            step, target, config.steps_per_loop,
-            intervals=(config.eval_every if evaluating else 0, config.checkpoint_every),
-            milestones=profiler.boundaries())
-        profiler.maybe_start(step)
-        loss, accuracy, first_bad = train_loop(iterator, tf.constant(stop - step))
-        if int(first_bad) >= 0:
-            raise FloatingPointError(
-                f"loss became {float(loss)} at step {step + int(first_bad) + 1}; not saving a "
-                f"checkpoint. Lower --learning_rate or try --mixed_precision=float32"
-            )
-        step = stop
-        state.step.assign(step)
-        profiler.maybe_stop(step)
-        images_per_second, seconds_left = throughput.update(step, target)
-        reporting.log_train(summaries, step, target, loss=float(loss), accuracy=float(accuracy),
-                            learning_rate=float(state.optimizer.learning_rate),
-                            images_per_second=images_per_second, seconds_left=seconds_left)
-        if checkpoint_now.due(step) or step == target:
-            state.manager.save(checkpoint_number=step)
-        if evaluating and (evaluate_now.due(step) or step == target):
-            results = _evaluate_and_report(config, runtime, info, state, summaries)
-            throughput.start(step)  # Evaluation time is not training throughput.
-    if runtime.is_chief:
-        _export(config, runtime, info, state)
+    # Watching until the end: a SIGTERM after the last step lets the final
+    # evaluation and export finish rather than killing them.
+    with preemption.SigtermWatcher() as sigterm:
+        if step == 0:
+            reporting.log_start(summaries, config, runtime, info, schedule)
+        train_loop = make_train_loop(
+            runtime, state, global_batch_size=schedule.global_batch_size,
+            num_classes=info.num_classes, label_smoothing=config.label_smoothing,
+            stop_requested=preemption.make_stop_check(runtime.strategy, sigterm.flag))
+        sync_statistics = make_sync_statistics(runtime, state.model)
+        iterator = iter(_distribute(runtime, config, info, records.TRAIN, training=True,
+                                    first_step=step))
+        throughput.start(step)
+        while step < target:
+            stop = periodic.next_stop(
+                step, target, config.steps_per_loop,
+                intervals=(config.eval_every if evaluating else 0, config.checkpoint_every),
+                milestones=profiler.boundaries())
+            profiler.maybe_start(step)
+            result = train_loop(iterator, tf.constant(stop - step))
+            if int(result.first_bad) >= 0:
+                raise FloatingPointError(
+                    f"loss became {float(result.loss)} at step {step + int(result.first_bad) + 1}; "
+                    "not saving a checkpoint. Lower --learning_rate or try --mixed_precision=float32"
+                )
+            step += int(result.steps)
+            state.step.assign(step)
+            profiler.maybe_stop(step)
+            images_per_second, seconds_left = throughput.update(step, target)
+            reporting.log_train(summaries, step, target, loss=float(result.loss),
+                                accuracy=float(result.accuracy),
+                                learning_rate=float(state.optimizer.learning_rate),
+                                images_per_second=images_per_second, seconds_left=seconds_left)
+            # The same decisions on every worker: `preempted` is all-reduced.
+            preempted = bool(result.preempted) and step < target
+            saving = preempted or checkpoint_now.due(step) or step == target
+            evaluating_now = evaluating and (evaluate_now.due(step) or step == target)
+            if saving or evaluating_now:
+                sync_statistics()
+            if saving:
+                save_checkpoint(state, step)
+            if preempted:
+                raise preemption.Preempted(
+                    f"preempted at step {step} of {target}: saved "
+                    f"{posixpath.basename(state.checkpoint_path)} in {config.paths.checkpoints}; "
+                    "rerun the same command to resume from this step")
+            if evaluating_now:
+                results = _evaluate_and_report(config, runtime, info, state, summaries)
+                throughput.start(step)  # Evaluation time is not training throughput.
+        if runtime.is_chief:
+            _export(config, info, state)
+    return results
+
+
+def _finish(config: TrainConfig, runtime: Runtime, info: records.DatasetInfo, state: State,
+            summaries: Summaries, target: int) -> dict[str, Any] | None:
+    """A rerun after the last step: only the final evaluation or export can be missing.
+
+    They are missing when the previous run was stopped while doing them; any
+    other rerun of a finished run changes nothing.
+    """
+    step = int(state.step.numpy())
+    # Every worker reads the same metrics.json, so all of them take part in
+    # the evaluation or none does.
+    evaluating = (config.mode == "train_and_eval"
+                  and _evaluated_step(config.paths.metrics_file) != step)
+    exporting = runtime.is_chief and not _export_is_newer(config.paths.export, state.checkpoint_path)
+    if not (evaluating or exporting):
+        logging.info("already at step %d of %d: nothing to do", step, target)
+        return None
+    results = _evaluate_and_report(config, runtime, info, state, summaries) if evaluating else None
+    if exporting:
+        _export(config, info, state)
     return results
 
 
@@ -286,12 +506,27 @@ def _evaluate_and_report(config, runtime, info, state, summaries) -> dict[str, A
     return results
 
 
-def _export(config: TrainConfig, runtime: Runtime, info: records.DatasetInfo, state: State) -> None:
-    if not state.manager.latest_checkpoint:
+def _evaluated_step(metrics_file: str) -> int | None:
+    if not tf.io.gfile.exists(metrics_file):
+        return None
+    with tf.io.gfile.GFile(metrics_file) as f:
+        return json.load(f).get("step")
+
+
+def _export_is_newer(export_dir: str, checkpoint_path: str | None) -> bool:
+    saved_model = posixpath.join(export_dir, "saved_model.pb")
+    if not (checkpoint_path and tf.io.gfile.exists(saved_model)):
+        return False
+    checkpoint_time = tf.io.gfile.stat(checkpoint_path + ".index").mtime_nsec
+    return tf.io.gfile.stat(saved_model).mtime_nsec >= checkpoint_time
+
+
+def _export(config: TrainConfig, info: records.DatasetInfo, state: State) -> None:
+    if not state.checkpoint_path:
         raise FileNotFoundError(
             f"no checkpoint in {config.paths.checkpoints} to export; train first (--mode=train)"
         )
     export.export_saved_model(
-        state.manager.latest_checkpoint, config.paths.export, model_name=config.model,
+        state.checkpoint_path, config.paths.export, model_name=config.model,
         width=config.width, image_size=config.image_size, info=info,
     )
