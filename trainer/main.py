@@ -6,6 +6,10 @@
 Without --data_dir the trainer generates synthetic seedlings once (cached),
 converts them and trains the CPU demo configuration (configs/cpu_demo.cfg)
 for every flag not given on the command line.
+
+Exit status: 0 done (rerunning a finished run does nothing); 1 a one-line
+`error: ...`; 143 preempted by SIGTERM after saving a checkpoint at the
+current step: rerun the same command to resume from that step.
 """
 
 from __future__ import annotations
