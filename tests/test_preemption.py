@@ -27,6 +27,8 @@ from typing import Callable
 import pytest
 import tensorflow as tf
 
+from input_pipeline import records
+from tests.record_fixtures import write_records
 from tests.test_trainer import REPO, TINY, assert_ok, assert_one_line_error, checkpoint_step, train
 
 EXIT_PREEMPTED = 143  # trainer/preemption.py: 128 + SIGTERM.
@@ -349,3 +351,25 @@ def test_failed_checkpoint_write_is_one_line_and_keeps_the_previous(checkpointed
     assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-4")
     assert checkpoint_step(model_dir) == 4
     assert checkpoint_steps(model_dir) == [2, 4]
+
+
+@pytest.mark.parametrize("damage", ["record", "image"])
+def test_corrupt_shard_is_a_one_line_error_naming_it(tmp_path, damage):
+    data = write_records(str(tmp_path / "data"))
+    shard = os.path.join(data.data_dir, records.shard_name("train", 1, 4))
+    if damage == "record":
+        # Flip bytes inside the first record's payload: its CRC no longer matches.
+        raw = bytearray(open(shard, "rb").read())
+        raw[40:60] = bytes(20)
+        open(shard, "wb").write(bytes(raw))
+    else:
+        # A well-formed record whose JPEG bytes are garbage.
+        with tf.io.TFRecordWriter(shard) as writer:
+            writer.write(records.make_example(b"not a jpeg", height=8, width=8, filename="x.png",
+                                              label=0, class_name=data.class_names[0])
+                         .SerializeToString())
+    result = train(data.data_dir, str(tmp_path / "out"), "--train_steps=4")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: corrupt data in ") and os.path.basename(shard) in last, last

@@ -389,6 +389,16 @@ def run(config: TrainConfig) -> dict[str, Any] | None:
         wait_for_all_workers(runtime.strategy)  # All stopped at the same step and saved.
         logging.warning(stopped.message)
         raise
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        # A corrupt record or image: tf.data does not say which file, so look.
+        corrupt = [bad for split in records.SPLITS
+                   for bad in records.find_corrupt_shards(config.data_dir, split)]
+        if not corrupt:
+            raise
+        raise ValueError(
+            f"corrupt data in {'; '.join(corrupt)}: reconvert the images with "
+            "`python -m input_pipeline.make_tfrecords --overwrite` or copy the shard again"
+        ) from e
     except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:
         # What the survivors get within seconds when a worker (or a TPU host)
         # dies mid-collective, e.g. killed or its VM lost without notice.
