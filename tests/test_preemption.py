@@ -97,8 +97,15 @@ class TrainerProcess:
             return "\n".join(self.lines)
 
     def last_line(self) -> str:
+        """The last line the trainer wrote, skipping the C++ runtime's own log lines.
+
+        When the chief of a multi-worker run exits first, the others' TF
+        runtime logs its lost heartbeats after the trainer's final message.
+        """
         with self._changed:
-            return self.lines[-1] if self.lines else ""
+            ours = [line for line in self.lines
+                    if line.startswith("error:") or re.search(r"\.py:\d+\] ", line)]
+            return ours[-1] if ours else ""
 
     def tail(self, chars: int = 4000) -> str:
         return f"--- {self.name} ---\n" + self.output[-chars:]
