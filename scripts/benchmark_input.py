@@ -6,8 +6,8 @@ with the same batch and output size and all on every core of this machine:
 
 - records: `create_dataset(..., training=True)` on the records that
   `input_pipeline.make_tfrecords` wrote from those PNGs. Per image it does a
-  fused JPEG decode-and-random-crop, an antialiased resize, random flips and
-  rotations, normalisation.
+  fused JPEG decode-and-random-crop, random flips and rotations, a bilinear
+  resize, normalisation.
 - keras: `keras.utils.image_dataset_from_directory` on the original PNG
   folder, shuffled as it defaults to, plus `.prefetch(AUTOTUNE)`. It decodes
   the whole PNG and resizes it; no augmentation, no normalisation.
@@ -24,7 +24,9 @@ that tf.data tricks alone are 3x faster.
 
 The numbers are wall-clock throughput on a machine that may be busy with
 other work: each pipeline runs `--rounds` times, alternating, and the median
-is reported.
+is reported. CPU ms/image (CPU time of this process, every thread, per
+image) is much less sensitive to other load: it is what a pipeline takes
+away from training on the same cores.
 
 Usage: python scripts/benchmark_input.py [--work_dir DIR] [--images_per_class N]
          [--image_size 224] [--batch_size 64] [--seconds 15] [--rounds 3]
@@ -117,18 +119,21 @@ def decode_only_dataset(records_dir: str, batch_size: int) -> tf.data.Dataset:
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def images_per_second(
+def measure(
     ds: tf.data.Dataset, batch_size: int, seconds: float, max_batches: int
-) -> float:
+) -> tuple[float, float]:
+    """(images per second, CPU milliseconds per image) of iterating `ds`."""
     iterator = iter(ds)
     # Fills shuffle buffers and lets tf.data's autotuner settle.
     for _ in range(WARMUP_BATCHES):
         next(iterator)
-    batches, start = 0, time.perf_counter()
+    batches, start, start_cpu = 0, time.perf_counter(), time.process_time()
     while batches < max_batches and time.perf_counter() - start < seconds:
         next(iterator)
         batches += 1
-    return batches * batch_size / (time.perf_counter() - start)
+    images = batches * batch_size
+    cpu_ms = 1000 * (time.process_time() - start_cpu) / images
+    return images / (time.perf_counter() - start), cpu_ms
 
 
 def folder_megabytes(folder: str) -> float:
@@ -183,17 +188,22 @@ def main(argv: list[str] | None = None) -> None:
             ),
         }
         rates: dict[str, list[float]] = {name: [] for name in pipelines}
+        cpu: dict[str, list[float]] = {name: [] for name in pipelines}
         for round_index in range(args.rounds):
             for name, make in pipelines.items():
-                rate = images_per_second(make(), args.batch_size, args.seconds, args.max_batches)
+                rate, cpu_ms = measure(make(), args.batch_size, args.seconds, args.max_batches)
                 rates[name].append(rate)
-                print(f"round {round_index + 1}: {name:40s} {rate:8.1f} images/s", flush=True)
+                cpu[name].append(cpu_ms)
+                print(f"round {round_index + 1}: {name:40s} {rate:8.1f} images/s "
+                      f"{cpu_ms:7.3f} CPU ms/image", flush=True)
 
     ours, keras_rate, decode_rate = (statistics.median(r) for r in rates.values())
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\nmedian images/s (load average {load} on {os.cpu_count()} cores: above that, noisy)")
-    for name, values in rates.items():
-        print(f"  {name:40s} {statistics.median(values):8.1f}")
+    print(f"\nmedians (load average {load} on {os.cpu_count()} cores: above that, noisy)")
+    print(f"  {'':40s} {'images/s':>8s} {'CPU ms/image':>13s}")
+    for name in pipelines:
+        print(f"  {name:40s} {statistics.median(rates[name]):8.1f} "
+              f"{statistics.median(cpu[name]):13.3f}")
     print(f"records / keras:       {ours / keras_rate:.2f}x")
     print(f"records / decode only: {100 * ours / decode_rate:.0f}% of the bare JPEG decode rate")
 

@@ -337,13 +337,13 @@ def time_input_alone(iterator: Iterator, *, warmup_steps: int, steps: int,
 
 
 def _build_ours(config: TrainConfig, runtime: Runtime, info: records.DatasetInfo,
-                schedule: train.Schedule, scratch: str) -> OurLoop:
+                schedule: train.Schedule, scratch: str, summaries: Summaries) -> OurLoop:
     keras.utils.set_random_seed(config.seed)
     state = train.create_state(config, runtime, info, schedule, os.path.join(scratch, "ours"))
     train_loop = train.make_train_loop(runtime, state, global_batch_size=config.batch_size,
                                        num_classes=info.num_classes,
                                        label_smoothing=config.label_smoothing)
-    return OurLoop(train_loop, state, Summaries(os.path.join(scratch, "summaries"), enabled=True))
+    return OurLoop(train_loop, state, summaries)
 
 
 def _build_fit_model(config: TrainConfig, runtime: Runtime, info: records.DatasetInfo,
@@ -363,11 +363,11 @@ def _build_fit_model(config: TrainConfig, runtime: Runtime, info: records.Datase
     return state.model
 
 
-def make_contenders(args: argparse.Namespace, inputs: Inputs,
-                    schedule: train.Schedule, scratch: str) -> dict[str, Callable[[], Timing]]:
+def make_contenders(args: argparse.Namespace, inputs: Inputs, schedule: train.Schedule,
+                    scratch: str, summaries: Summaries) -> dict[str, Callable[[], Timing]]:
     """Name -> a callable that does one run and returns its timing."""
     config, runtime, info = inputs.config, inputs.runtime, inputs.info
-    ours = _build_ours(config, runtime, info, schedule, scratch)
+    ours = _build_ours(config, runtime, info, schedule, scratch, summaries)
     fit_model = _build_fit_model(config, runtime, info, schedule, scratch)
     per_loop, warmup, steps = config.steps_per_loop, warmup_steps(args), args.steps
     warmup_loops = warmup // per_loop
@@ -496,7 +496,10 @@ def benchmark(args: argparse.Namespace, scratch: str) -> str:
     inputs = Inputs(config, runtime, info)
     print(header(args, runtime, info), flush=True)
     load_before = _load_average()
-    timings = run_alternating(make_contenders(args, inputs, schedule, scratch), args.repeats)
+    # Closed before the scratch folder goes: the writer holds its last scalars.
+    with Summaries(os.path.join(scratch, "summaries"), enabled=True) as summaries:
+        timings = run_alternating(make_contenders(args, inputs, schedule, scratch, summaries),
+                                  args.repeats)
     return (f"\n{report(timings, args.batch_size)}\n\nload average (1, 5, 15 min) before: "
             f"{load_before}, after: {_load_average()} (above {os.cpu_count()}: other work "
             "shares the CPU and the figures are noisy)")

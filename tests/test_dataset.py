@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from input_pipeline import dataset as dataset_lib
 from input_pipeline import records
@@ -104,6 +106,27 @@ def test_training_labels_survive_augmentation_and_match_labels_txt(tiny_records)
     # Drawn from across the split, not one shard (epochs blend in the
     # shuffle buffer, so an exact count would be flaky).
     assert len(set(seen)) >= 10
+
+
+def test_each_example_of_a_batch_gets_its_own_augmentation(tmp_path):
+    # Every record holds the same asymmetric image, so only the augmentation
+    # (drawn per example from the batch's seed) tells the outputs apart.
+    rs = write_records(os.fspath(tmp_path))
+    y, x = np.mgrid[:40, :48]
+    pixels = np.stack([y * 6, x * 5, (x * y) % 256], -1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    record = records.make_example(buffer.getvalue(), height=40, width=48, filename="a/x.png",
+                                  label=0, class_name=rs.class_names[0]).SerializeToString()
+    for shard in range(rs.num_shards[records.TRAIN]):
+        path = os.path.join(rs.data_dir, records.shard_name(records.TRAIN, shard, 4))
+        with tf.io.TFRecordWriter(path) as writer:
+            for _ in range(5):
+                writer.write(record)
+    ds = create_dataset(rs.data_dir, records.TRAIN, batch_size=8, image_size=IMAGE_SIZE,
+                        training=True, seed=0)
+    for images, _ in ds.take(2):
+        assert len({image.tobytes() for image in images.numpy()}) >= 6
 
 
 def test_eval_covers_every_example_once_and_pads_with_minus_one(tiny_records):

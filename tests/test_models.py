@@ -1,15 +1,25 @@
-"""ResNet v1.5: parameter counts against torchvision, strides, dtypes, init."""
+"""ResNet v1.5: parameter counts against torchvision, strides, dtypes, init,
+and the fused batch norm against Keras' own.
+
+The MirroredStrategy check runs this module as a script in a subprocess
+(`python -m tests.test_models`), because the two logical CPU devices must be
+configured before TensorFlow initialises, which it has already done in the
+pytest process.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.module_script import run_module_script
 from trainer import models
 
 # Trainable parameters of torchvision.models.resnet*(num_classes=1000). BN
@@ -203,3 +213,205 @@ def test_rejects_bad_arguments():
         models.create_model("resnet18", 0)
     with pytest.raises(ValueError, match="input_shape"):
         models.create_model("resnet18", 10, input_shape=(32, 32))
+
+
+# --------------------------------------------------------------------------
+# FusedBatchNormalization against keras.layers.BatchNormalization.
+
+# Outputs may differ by a rounding of the compute dtype (both compute in
+# float32 and round once, in different orders); the moving statistics are
+# float32 in both, from the same inputs.
+OUTPUT_TOLERANCE = {"float32": 1e-5, "mixed_float16": 4e-3, "mixed_bfloat16": 3e-2}
+STATISTICS_TOLERANCE = 1e-5
+# 2 x 3 x 3 values per channel: the kernel's Bessel-corrected variance would
+# be 18 / 17, 6% larger than the biased one Keras averages, far outside the
+# tolerance, so the tests also check that the correction is undone.
+BN_INPUT_SHAPE = (2, 3, 3, 4)
+
+
+def _bn_pair(channels: int) -> tuple[keras.layers.Layer, keras.layers.Layer]:
+    """Keras' layer and ours, with the same non-trivial gamma, beta and statistics."""
+    rng = np.random.default_rng(0)
+    weights = [
+        rng.uniform(0.5, 2.0, channels),  # gamma
+        rng.normal(size=channels),  # beta
+        rng.normal(size=channels),  # moving mean
+        rng.uniform(0.5, 2.0, channels),  # moving variance
+    ]
+    pair = (
+        keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+        models.FusedBatchNormalization(momentum=0.9, epsilon=1e-5),
+    )
+    for layer in pair:
+        layer.build((None, None, None, channels))
+        layer.set_weights([w.astype(np.float32) for w in weights])
+    return pair
+
+
+def _bn_inputs(seed: int = 0, shape=BN_INPUT_SHAPE) -> np.ndarray:
+    # Off-centre and not unit variance, so both statistics matter.
+    return np.random.default_rng(seed).normal(3.0, 2.0, size=shape).astype(np.float32)
+
+
+def _statistics(layer: keras.layers.Layer) -> list[np.ndarray]:
+    return [layer.moving_mean.numpy(), layer.moving_variance.numpy()]
+
+
+def _call(layer, images, training: bool, mode: str) -> tf.Tensor:
+    """`layer(images)` eagerly, traced (with a static or an unknown shape) or compiled."""
+    call = lambda x: layer(x, training=training)  # noqa: E731
+    if mode == "unknown shape":
+        call = tf.function(call, input_signature=[tf.TensorSpec([None] * 4, layer.compute_dtype)])
+    elif mode != "eager":
+        call = tf.function(call, jit_compile=mode == "xla")
+    return call(tf.cast(images, layer.compute_dtype))
+
+
+@pytest.mark.parametrize("mode", ["eager", "tf.function", "unknown shape", "xla"])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize(
+    "dtype_policy", ["float32", "mixed_float16", "mixed_bfloat16"], indirect=True
+)
+def test_fused_batch_norm_matches_keras(dtype_policy, training, mode):
+    keras_bn, fused_bn = _bn_pair(BN_INPUT_SHAPE[-1])
+    initial = _statistics(keras_bn)
+    # Two calls: the second normalises and averages after an update.
+    for seed in (1, 2):
+        expected = _call(keras_bn, _bn_inputs(seed), training, mode)
+        actual = _call(fused_bn, _bn_inputs(seed), training, mode)
+        assert actual.dtype == expected.dtype == keras_bn.compute_dtype
+        tolerance = OUTPUT_TOLERANCE[dtype_policy]
+        np.testing.assert_allclose(
+            tf.cast(actual, tf.float32), tf.cast(expected, tf.float32), rtol=tolerance, atol=tolerance
+        )
+    for name, ours, theirs, before in zip(
+        ("mean", "variance"), _statistics(fused_bn), _statistics(keras_bn), initial
+    ):
+        assert ours.dtype == np.float32
+        np.testing.assert_allclose(ours, theirs, rtol=STATISTICS_TOLERANCE, err_msg=name)
+        assert training != np.array_equal(ours, before), name
+
+
+@pytest.mark.parametrize(
+    "dtype_policy", ["float32", "mixed_float16", "mixed_bfloat16"], indirect=True
+)
+def test_fused_batch_norm_runs_the_fused_kernel(dtype_policy):
+    _, fused_bn = _bn_pair(BN_INPUT_SHAPE[-1])
+    for training in (True, False):
+        graph = (
+            tf.function(lambda x: fused_bn(x, training=training))
+            .get_concrete_function(tf.TensorSpec(BN_INPUT_SHAPE, fused_bn.compute_dtype))
+            .graph
+        )
+        op_types = {op.type for op in graph.get_operations()}
+        # Not Keras' moments and arithmetic.
+        assert "FusedBatchNormV3" in op_types and "Mean" not in op_types, training
+
+
+@pytest.mark.parametrize("mode", ["tf.function", "xla"])
+@pytest.mark.parametrize(
+    "dtype_policy", ["float32", "mixed_float16", "mixed_bfloat16"], indirect=True
+)
+def test_fused_batch_norm_gradients_match_keras(dtype_policy, mode):
+    keras_bn, fused_bn = _bn_pair(BN_INPUT_SHAPE[-1])
+    images = tf.constant(_bn_inputs(), keras_bn.compute_dtype)
+    # A loss that weights every output differently, so no gradient vanishes.
+    weights = tf.constant(_bn_inputs(seed=5))
+
+    def gradients(layer):
+        def grad_fn():
+            with tf.GradientTape() as tape:
+                tape.watch(images)
+                outputs = tf.cast(layer(images, training=True), tf.float32)
+                loss = tf.reduce_sum(outputs * weights)
+            return tape.gradient(loss, [images, layer.gamma, layer.beta])
+
+        return tf.function(grad_fn, jit_compile=mode == "xla")()
+
+    tolerance = max(OUTPUT_TOLERANCE[dtype_policy], 1e-4)
+    for name, ours, theirs in zip(
+        ("inputs", "gamma", "beta"), gradients(fused_bn), gradients(keras_bn)
+    ):
+        assert ours.dtype == theirs.dtype, name
+        np.testing.assert_allclose(
+            tf.cast(ours, tf.float32), tf.cast(theirs, tf.float32),
+            rtol=tolerance, atol=tolerance, err_msg=name,
+        )
+
+
+def test_fused_batch_norm_falls_back_to_keras_for_other_ranks():
+    keras_bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    fused_bn = models.FusedBatchNormalization(momentum=0.9, epsilon=1e-5)
+    features = tf.constant(_bn_inputs().reshape(6, 12))
+    np.testing.assert_allclose(
+        fused_bn(features, training=True), keras_bn(features, training=True), atol=1e-6
+    )
+    np.testing.assert_allclose(_statistics(fused_bn), _statistics(keras_bn), atol=1e-7)
+
+
+def test_fused_model_matches_the_keras_batch_norm_model(monkeypatch, tmp_path):
+    fused_class = models.FusedBatchNormalization
+    fused = models.create_model("resnet18", 10, width=4)
+    with monkeypatch.context() as patch:
+        patch.setattr(models, "FusedBatchNormalization", keras.layers.BatchNormalization)
+        plain = models.create_model("resnet18", 10, width=4)
+    norms = _layers_of(fused, keras.layers.BatchNormalization)
+    assert norms and all(isinstance(norm, fused_class) for norm in norms)
+    assert not _layers_of(plain, fused_class)
+    # The same variables under the same names: checkpoints written before
+    # the fused layer restore into it.
+    assert [v.path for v in fused.variables] == [v.path for v in plain.variables]
+    path = tf.train.Checkpoint(model=plain).write(os.fspath(tmp_path / "ckpt"))
+    tf.train.Checkpoint(model=fused).read(path).assert_consumed()
+    images = tf.random.normal((8, 32, 32, 3), seed=0)
+    for training in (True, False):
+        np.testing.assert_allclose(
+            fused(images, training=training), plain(images, training=training), atol=1e-4
+        )
+    for ours, theirs in zip(fused.non_trainable_variables, plain.non_trainable_variables):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6, err_msg=ours.path)
+
+
+def _run_under_mirrored_strategy() -> dict:
+    """Runs in the subprocess: one training call of each layer on 2 replicas."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        pair = _bn_pair(BN_INPUT_SHAPE[-1])
+    # Each replica its own batch, hence its own batch statistics.
+    images = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(_bn_inputs(seed=context.replica_id_in_sync_group))
+    )
+    results: dict = {"replicas": strategy.num_replicas_in_sync}
+    for name, layer in zip(("keras", "fused"), pair):
+        outputs = tf.function(
+            lambda x, layer=layer: strategy.run(lambda x: layer(x, training=True), args=(x,))
+        )(images)
+        local = strategy.experimental_local_results
+        results[name] = {
+            "outputs": [o.numpy().tolist() for o in local(outputs)],
+            "mean": [v.numpy().tolist() for v in local(layer.moving_mean.value)],
+            "variance": [v.numpy().tolist() for v in local(layer.moving_variance.value)],
+        }
+    return results
+
+
+@pytest.fixture(scope="module")
+def mirrored_results() -> dict:
+    return run_module_script("tests.test_models")
+
+
+@pytest.mark.parametrize("key", ["outputs", "mean", "variance"])
+def test_fused_batch_norm_under_mirrored_strategy_matches_keras(mirrored_results, key):
+    assert mirrored_results["replicas"] == 2
+    ours, theirs = mirrored_results["fused"][key], mirrored_results["keras"][key]
+    np.testing.assert_allclose(ours, theirs, rtol=STATISTICS_TOLERANCE, atol=1e-5)
+    if key != "outputs":
+        # As with Keras' layer, each replica averages its own batches (the
+        # trainer averages the replicas before saving and evaluating).
+        assert not np.allclose(ours[0], ours[1])
+
+
+if __name__ == "__main__":
+    print(json.dumps(_run_under_mirrored_strategy()))
