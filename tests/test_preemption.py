@@ -363,20 +363,24 @@ def test_failed_checkpoint_write_is_one_line_and_keeps_the_previous(checkpointed
 @pytest.mark.parametrize("damage", ["record", "image"])
 def test_corrupt_shard_is_a_one_line_error_naming_it(tmp_path, damage):
     data = write_records(str(tmp_path / "data"))
-    shard = os.path.join(data.data_dir, records.shard_name("train", 1, 4))
-    if damage == "record":
-        # Flip bytes inside the first record's payload: its CRC no longer matches.
-        raw = bytearray(open(shard, "rb").read())
-        raw[40:60] = bytes(20)
-        open(shard, "wb").write(bytes(raw))
-    else:
-        # A well-formed record whose JPEG bytes are garbage.
-        with tf.io.TFRecordWriter(shard) as writer:
-            writer.write(records.make_example(b"not a jpeg", height=8, width=8, filename="x.png",
-                                              label=0, class_name=data.class_names[0])
-                         .SerializeToString())
+    # Damage every training shard, so the very first batches must meet it.
+    shards = [os.path.join(data.data_dir, records.shard_name("train", i, 4)) for i in range(4)]
+    for shard in shards:
+        if damage == "record":
+            # Zero bytes inside the first record's payload: its CRC no longer matches.
+            raw = bytearray(open(shard, "rb").read())
+            raw[40:60] = bytes(20)
+            open(shard, "wb").write(bytes(raw))
+        else:
+            # Well-formed records whose JPEG bytes are garbage.
+            with tf.io.TFRecordWriter(shard) as writer:
+                for _ in range(4):
+                    writer.write(records.make_example(
+                        b"not a jpeg", height=8, width=8, filename="x.png", label=0,
+                        class_name=data.class_names[0]).SerializeToString())
     result = train(data.data_dir, str(tmp_path / "out"), "--train_steps=4")
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: corrupt data in ") and os.path.basename(shard) in last, last
+    assert last.startswith("error: corrupt data in "), last
+    assert all(os.path.basename(shard) in last for shard in shards), last
