@@ -69,9 +69,8 @@ from trainer import strategy
 # First of all: MultiWorkerMirrored must set up collectives before TF starts.
 workers = strategy.setup_runtime("multi_worker_mirrored", tpu=None, precision="float32",
                                  jit_compile="false")
-import keras, numpy as np, tensorflow as tf
-from input_pipeline import records
-from trainer import config, train
+import numpy as np
+from tests.loss_probe import first_losses
 
 # Three global batches of 8. Each worker's 4 examples are the same 4 (the
 # single process sees them twice), so each replica's batch-norm statistics
@@ -81,29 +80,12 @@ rng = np.random.RandomState(0)
 unique_images = rng.uniform(size=(12, 32, 32, 3)).astype("float32")
 unique_labels = rng.randint(0, 4, size=12).astype("int32")
 twice = lambda x: np.repeat(x.reshape(3, 1, 4, *x.shape[1:]), 2, axis=1).reshape(24, *x.shape[1:])
-info = records.DatasetInfo(class_names=tuple("abcd"), num_examples={"train": 24, "validation": 8},
-                           num_shards={"train": 1, "validation": 1})
 
-def losses(runtime, images, labels):
-    keras.utils.set_random_seed(0)
-    cfg = config.TrainConfig(data_dir="", paths=config.Paths("", "", ""), model="resnet18",
-                             width=8, image_size=32, batch_size=8, train_steps=3,
-                             warmup_epochs=0, learning_rate=0.1, zero_init_residual=False)
-    schedule = train.Schedule.create(cfg, info, runtime.num_replicas)
-    state = train.create_state(cfg, runtime, info, schedule, tempfile.mkdtemp())
-    loop = train.make_train_loop(runtime, state, global_batch_size=8, num_classes=4,
-                                 label_smoothing=0.1)
-    data = runtime.strategy.distribute_datasets_from_function(
-        lambda ctx: tf.data.Dataset.from_tensor_slices((images, labels)).batch(
-            ctx.get_per_replica_batch_size(8)))
-    iterator = iter(data)
-    return [float(loop(iterator, tf.constant(1)).loss) for _ in range(3)]
-
-two_workers = losses(workers, unique_images, unique_labels)
+two_workers = first_losses(workers, unique_images, unique_labels)
 print("WORKERS", workers.num_replicas, *two_workers)
 if workers.is_chief:
     one = strategy.setup_runtime("default", tpu=None, precision="float32", jit_compile="false")
-    print("ONE", one.num_replicas, *losses(one, twice(unique_images), twice(unique_labels)))
+    print("ONE", one.num_replicas, *first_losses(one, twice(unique_images), twice(unique_labels)))
 strategy.wait_for_all_workers(workers.strategy)
 """
 

@@ -207,9 +207,8 @@ MIRRORED_VS_DEFAULT = r"""
 import sys, tempfile
 from trainer import strategy
 strategy.split_cpu(2)
-import keras, numpy as np, tensorflow as tf
-from input_pipeline import records
-from trainer import config, train
+import numpy as np
+from tests.loss_probe import first_losses
 
 # Each global batch of 8 is 4 examples twice over, so each replica of the
 # mirrored run sees the same 4 examples: batch-norm statistics per replica
@@ -220,24 +219,10 @@ unique_images = rng.uniform(size=(3, 4, 32, 32, 3)).astype("float32")
 unique_labels = rng.randint(0, 4, size=(3, 4)).astype("int32")
 images = np.repeat(unique_images, 2, axis=0).reshape(24, 32, 32, 3)
 labels = np.repeat(unique_labels, 2, axis=0).reshape(24)
-info = records.DatasetInfo(class_names=tuple("abcd"), num_examples={"train": 24, "validation": 8},
-                           num_shards={"train": 1, "validation": 1})
 
 def losses(name):
     runtime = strategy.setup_runtime(name, tpu=None, precision="float32", jit_compile="false")
-    keras.utils.set_random_seed(0)
-    cfg = config.TrainConfig(data_dir="", paths=config.Paths("", "", ""), model="resnet18",
-                             width=8, image_size=32, batch_size=8, train_steps=3,
-                             warmup_epochs=0, learning_rate=0.1, zero_init_residual=False)
-    schedule = train.Schedule.create(cfg, info, runtime.num_replicas)
-    state = train.create_state(cfg, runtime, info, schedule, tempfile.mkdtemp())
-    loop = train.make_train_loop(runtime, state, global_batch_size=8, num_classes=4,
-                                 label_smoothing=0.1)
-    data = runtime.strategy.distribute_datasets_from_function(
-        lambda ctx: tf.data.Dataset.from_tensor_slices((images, labels)).batch(
-            ctx.get_per_replica_batch_size(8)))
-    iterator = iter(data)
-    return [float(loop(iterator, tf.constant(1))[0]) for _ in range(3)], runtime.num_replicas
+    return first_losses(runtime, images, labels), runtime.num_replicas
 
 default, n1 = losses("default")
 mirrored, n2 = losses("mirrored")
