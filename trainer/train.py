@@ -376,15 +376,17 @@ def run(config: TrainConfig) -> dict[str, Any] | None:
     try:
         state = create_state(config, runtime, info, schedule, checkpoint_dir,
                              restore_dir=config.paths.checkpoints)
-        summaries = Summaries(config.paths.summaries, enabled=runtime.is_chief)
         results = None
-        if config.mode == "export":
-            if runtime.is_chief:
-                _export(config, info, state)
-        elif config.mode == "eval":
-            results = _evaluate_and_report(config, runtime, info, state, summaries)
-        else:
-            results = train(config, runtime, info, schedule, state, summaries)
+        # Closing the writers flushes their last events, also on the way out
+        # of a preemption or an error.
+        with Summaries(config.paths.summaries, enabled=runtime.is_chief) as summaries:
+            if config.mode == "export":
+                if runtime.is_chief:
+                    _export(config, info, state)
+            elif config.mode == "eval":
+                results = _evaluate_and_report(config, runtime, info, state, summaries)
+            else:
+                results = train(config, runtime, info, schedule, state, summaries)
     except preemption.Preempted as stopped:
         wait_for_all_workers(runtime.strategy)  # All stopped at the same step and saved.
         logging.warning(stopped.message)
