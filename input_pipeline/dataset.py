@@ -138,11 +138,7 @@ def create_dataset(
         def parse_and_augment(serialized: tf.Tensor, batch_seed: tf.Tensor):
             image_bytes, labels = _parse(serialized)
             seeds = tf.random.experimental.stateless_split(batch_seed, num=batch_size)
-            images = _map_images(
-                lambda args: preprocessing.preprocess_for_train(*args, image_size, mean, std),
-                (image_bytes, seeds),
-                image_size,
-            )
+            images = preprocessing.preprocess_for_train(image_bytes, seeds, image_size, mean, std)
             return tf.cast(images, dtype), labels
 
         ds = ds.map(parse_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
@@ -150,11 +146,7 @@ def create_dataset(
 
         def parse_and_preprocess(serialized: tf.Tensor):
             image_bytes, labels = _parse(serialized)
-            images = _map_images(
-                lambda image: preprocessing.preprocess_for_eval(image, image_size, mean, std),
-                image_bytes,
-                image_size,
-            )
+            images = preprocessing.preprocess_for_eval(image_bytes, image_size, mean, std)
             return _pad_batch(tf.cast(images, dtype), labels, batch_size)
 
         ds = ds.batch(batch_size).map(parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE)
@@ -176,13 +168,6 @@ def _parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """A batch of serialized tf.train.Examples -> (encoded images, int32 labels)."""
     features = tf.io.parse_example(serialized, _PARSE_SPEC)
     return features["image/encoded"], tf.cast(features["image/class/label"], tf.int32)
-
-
-def _map_images(fn, elems, image_size: int) -> tf.Tensor:
-    """`fn` on each example of a batch -> float32 [batch, image_size, image_size, 3]."""
-    return tf.map_fn(
-        fn, elems, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32)
-    )
 
 
 def _list_shards(

@@ -161,23 +161,43 @@ def test_normalize_uses_mean_and_std_on_unit_scale():
 def test_preprocess_for_train_keeps_a_solid_colour():
     jpeg = encode(np.full((30, 50, 3), [200, 100, 50], np.uint8), "JPEG")
     mean, std = (0.4, 0.4, 0.4), (0.2, 0.2, 0.2)
-    for value in range(3):
-        out = run_both_ways(
-            lambda b, s: preprocessing.preprocess_for_train(b, s, 16, mean, std), jpeg, seed(value)
-        )
-        assert out.shape == (16, 16, 3) and out.dtype == np.float32
-        expected = (np.array([200, 100, 50]) / 255 - 0.4) / 0.2
-        np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), atol=3 / 255 / 0.2)
+    seeds = tf.stack([seed(value) for value in range(3)])
+    out = run_both_ways(
+        lambda b, s: preprocessing.preprocess_for_train(b, s, 16, mean, std),
+        tf.stack([jpeg] * 3), seeds,
+    )
+    assert out.shape == (3, 16, 16, 3) and out.dtype == np.float32
+    expected = (np.array([200, 100, 50]) / 255 - 0.4) / 0.2
+    np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), atol=3 / 255 / 0.2)
+
+
+def test_preprocess_for_train_augments_each_image_with_its_own_seed():
+    jpeg = encode(gradient_image(40, 40), "JPEG")
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    seeds = tf.stack([seed(1), seed(2), seed(1)])
+    out = run_both_ways(
+        lambda b, s: preprocessing.preprocess_for_train(b, s, 16, mean, std),
+        tf.stack([jpeg] * 3), seeds,
+    )
+    # Same seed, same crop and flips, wherever the image sits in the batch.
+    np.testing.assert_array_equal(out[0], out[2])
+    assert np.abs(out[0] - out[1]).max() > 0.5
+    # Each output is a crop of the whole gradient, resized (values in range).
+    assert out.min() >= (0 - 0.5) / 0.25 - 1e-3 and out.max() <= (1 - 0.5) / 0.25 + 1e-3
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_preprocess_for_eval_matches_crop_resize_normalize(fmt):
     array = gradient_image(20, 28)
     mean, std = (0.3, 0.3, 0.2), (0.1, 0.1, 0.1)
-    out = run_both_ways(
-        lambda b: preprocessing.preprocess_for_eval(b, 12, mean, std), encode(array, fmt)
-    )
-    assert out.shape == (12, 12, 3) and out.dtype == np.float32
+    other = np.zeros((9, 9, 3), np.uint8)
+    batch = tf.stack([encode(array, fmt), encode(other, fmt)])
+    both = run_both_ways(lambda b: preprocessing.preprocess_for_eval(b, 12, mean, std), batch)
+    assert both.shape == (2, 12, 12, 3) and both.dtype == np.float32
+    out = both[0]
+    # Images of a batch are processed independently.
+    np.testing.assert_allclose(both[1], np.broadcast_to((0 - np.array(mean)) / std, (12, 12, 3)),
+                               atol=1e-5)
     if fmt == "PNG":  # lossless, so the composition can be recomputed exactly
         crop = array[1:18, 5:22]  # side int(20 * 0.875) = 17, centred
         resized = tf.image.resize(crop, [12, 12], antialias=True).numpy()  # eval always antialiases

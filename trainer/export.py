@@ -24,10 +24,8 @@ class _Serving(tf.Module):
     def serve(self, image_bytes):
         # The same eval preprocessing as validation, so served predictions
         # match the reported metrics; PNG and JPEG bytes both decode.
-        images = tf.map_fn(
-            lambda b: preprocessing.preprocess_for_eval(b, self._image_size, self._mean, self._std),
-            image_bytes, fn_output_signature=tf.TensorSpec([self._image_size, self._image_size, 3],
-                                                           tf.float32))
+        images = preprocessing.preprocess_for_eval(
+            image_bytes, self._image_size, self._mean, self._std)
         probabilities = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
         batch = tf.shape(image_bytes)[0]
         return {
