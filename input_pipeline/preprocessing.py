@@ -147,21 +147,23 @@ def random_flip_and_rotate(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.cond(flip_left_right, lambda: tf.reverse(image, [1]), lambda: image)
 
 
-def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
+def normalize(images: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
     """Maps 0..255 pixels to (x / 255 - mean) / std, float32.
 
-    `mean` and `std` are per channel on the 0..1 scale, as in
-    `dataset_info.json`.
+    `images` is one image [h, w, 3] or a batch [n, h, w, 3]; `mean` and `std`
+    are per channel on the 0..1 scale, as in `dataset_info.json`.
     """
     offset = 255.0 * np.asarray(mean, np.float32)
     inverse_scale = 1.0 / (255.0 * np.asarray(std, np.float32))
-    if image.shape.is_fully_defined():
-        # Operands of the image's own shape take TF's vectorised elementwise
-        # kernels; broadcasting a [3] vector over the channels does not, and
-        # made normalisation a third of the whole training pipeline's time.
-        offset = np.broadcast_to(offset, image.shape)
-        inverse_scale = np.broadcast_to(inverse_scale, image.shape)
-    return (tf.cast(image, tf.float32) - offset) * inverse_scale
+    image_shape = images.shape[-3:]
+    if image_shape.is_fully_defined():
+        # Operands of one image's shape take TF's vectorised elementwise
+        # kernels (over a batch too); broadcasting a [3] vector over the
+        # channels does not, and made normalisation a third of the whole
+        # training pipeline's time.
+        offset = np.broadcast_to(offset, image_shape)
+        inverse_scale = np.broadcast_to(inverse_scale, image_shape)
+    return (tf.cast(images, tf.float32) - offset) * inverse_scale
 
 
 def preprocess_for_train(
@@ -222,6 +224,86 @@ def preprocess_for_eval(
         return normalize(image, mean, std)
 
     return _map_images(crop_resize_normalize, image_bytes, image_size)
+
+
+def cache_side(image_size: int, area_range: Sequence[float] = TRAIN_AREA_RANGE) -> int:
+    """Side of the cached images: the smallest window then still spans `image_size` pixels."""
+    return int(np.ceil(image_size / np.sqrt(area_range[0])))
+
+
+def decode_for_cache(image_bytes: tf.Tensor, side: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Encoded image -> (uint8 [2, side, side, 3], float32 [2]): what the cache keeps.
+
+    The whole image squeezed to a `side` x `side` square (antialiased), and
+    its transpose, plus the original [height, width]. Crops taken later in
+    coordinates relative to the image (`random_crop_flip_rotate_batch`) undo
+    the squeeze, so aspect ratios come out as in the original. The transposed
+    copy is there because a random transpose of each augmented image cost
+    more than the rest of the augmentation together; picking the copy to
+    crop from is free.
+    """
+    image = decode_image(image_bytes)
+    original_shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    image = tf.image.resize(image, [side, side], method="bilinear", antialias=True)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return tf.stack([image, tf.transpose(image, [1, 0, 2])]), original_shape
+
+
+def random_crop_flip_rotate_batch(
+    images: tf.Tensor,
+    original_shapes: tf.Tensor,
+    seed: tf.Tensor,
+    image_size: int,
+    *,
+    area_range: Sequence[float] = TRAIN_AREA_RANGE,
+    aspect_ratio_range: Sequence[float] = TRAIN_ASPECT_RATIO_RANGE,
+) -> tf.Tensor:
+    """The training augmentation of a whole batch of cached images at once.
+
+    The same distribution as `decode_and_random_crop` then
+    `random_flip_and_rotate`: a random window covering `area_range` of the
+    original image with a width/height ratio in `aspect_ratio_range`
+    (log-uniform), flipped and transposed at random; a window that does not
+    fit is clipped to the image instead of redrawn. The flips are the
+    window's corners swapped, the transpose a choice of cached copy, and one
+    bilinear `crop_and_resize` makes every output image: no per-image ops.
+
+    Args:
+      images: uint8 [n, 2, side, side, 3] from `decode_for_cache`.
+      original_shapes: float32 [n, 2], the images' original [height, width].
+      seed: int32/int64 [2].
+      image_size: output side.
+
+    Returns:
+      float32 [n, image_size, image_size, 3], 0..255.
+    """
+    n = tf.shape(images)[0]
+    area, log_aspect, top, left, flips = tf.split(
+        tf.random.stateless_uniform([n, 7], seed), [1, 1, 1, 1, 3], axis=1
+    )
+    area = area_range[0] + (area_range[1] - area_range[0]) * area[:, 0]
+    low, high = np.log(aspect_ratio_range[0]), np.log(aspect_ratio_range[1])
+    aspect = tf.exp(low + (high - low) * log_aspect[:, 0])
+    height, width = tf.unstack(original_shapes, axis=1)
+    # Window sides as fractions of the image's sides.
+    window_height = tf.minimum(tf.sqrt(area * width * height / aspect) / height, 1.0)
+    window_width = tf.minimum(tf.sqrt(area * width * height * aspect) / width, 1.0)
+    y1 = (1.0 - window_height) * top[:, 0]
+    x1 = (1.0 - window_width) * left[:, 0]
+    y2, x2 = y1 + window_height, x1 + window_width
+    flip_up_down, flip_left_right, transpose = tf.unstack(flips < 0.5, axis=1)
+    # crop_and_resize samples from the first corner to the second: swapped
+    # corners are a flipped crop.
+    y1, y2 = tf.where(flip_up_down, y2, y1), tf.where(flip_up_down, y1, y2)
+    x1, x2 = tf.where(flip_left_right, x2, x1), tf.where(flip_left_right, x1, x2)
+    # In the transposed copy, rows are the original's columns.
+    boxes = tf.where(
+        transpose[:, None], tf.stack([x1, y1, x2, y2], 1), tf.stack([y1, x1, y2, x2], 1)
+    )
+    side = images.shape[2]
+    copies = tf.reshape(images, [-1, side, side, 3])  # [2n, ...]: no copy made
+    copy_index = 2 * tf.range(n) + tf.cast(transpose, tf.int32)
+    return tf.image.crop_and_resize(copies, boxes, copy_index, [image_size, image_size])
 
 
 def _map_images(fn, elems, image_size: int) -> tf.Tensor:

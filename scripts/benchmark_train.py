@@ -105,6 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="steps per call of our compiled loop, and model.fit's steps_per_execution")
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of each contender, alternating; medians are reported")
+    parser.add_argument("--cache_decoded", action=argparse.BooleanOptionalAction, default=True,
+                        help="decode the records once and augment from memory, as the CPU demo "
+                        "does (trainer flag --cache_decoded); the warm-up steps cover that first "
+                        "pass")
     parser.add_argument("--synthetic_input", action="store_true",
                         help="feed every contender in-memory random tensors instead of records: "
                         "compares compute alone (no input-bound check)")
@@ -184,7 +188,7 @@ class Inputs:
         ds = create_dataset(
             self.config.data_dir, records.TRAIN, batch_size=self.config.batch_size,
             image_size=self.config.image_size, training=True, dtype=self.dtype,
-            seed=self.config.seed, info=self.info,
+            seed=self.config.seed, info=self.info, cache_decoded=self.config.cache_decoded,
         )
         # A per-batch one-hot of 64 labels: microseconds next to a step.
         return ds.map(one_hot_labels(self.info.num_classes))
@@ -490,7 +494,7 @@ def benchmark(args: argparse.Namespace, scratch: str) -> str:
         data_dir=data_dir or "", paths=Paths(scratch, scratch, scratch), model=args.model,
         width=args.width, image_size=args.image_size, batch_size=args.batch_size,
         train_steps=_SCHEDULE_STEPS, steps_per_loop=args.steps_per_loop,
-        mixed_precision=args.precision,
+        mixed_precision=args.precision, cache_decoded=args.cache_decoded,
     )
     schedule = train.Schedule.create(config, info, runtime.num_replicas)
     inputs = Inputs(config, runtime, info)

@@ -66,7 +66,8 @@ def eval_batches(rs: RecordSet, batch_size: int, **kwargs) -> list[tuple[tf.Tens
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16, tf.float16])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_shapes_and_dtypes(tiny_records, dtype, training):
+@pytest.mark.parametrize("cache_decoded", [False, True], ids=["fused_decode", "cached"])
+def test_shapes_and_dtypes(tiny_records, dtype, training, cache_decoded):
     ds = create_dataset(
         tiny_records.data_dir,
         records.TRAIN,
@@ -74,6 +75,7 @@ def test_shapes_and_dtypes(tiny_records, dtype, training):
         image_size=IMAGE_SIZE,
         training=training,
         dtype=dtype,
+        cache_decoded=cache_decoded,
     )
     assert ds.element_spec[0].shape == (4, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert ds.element_spec[0].dtype == dtype
@@ -85,7 +87,8 @@ def test_shapes_and_dtypes(tiny_records, dtype, training):
         assert np.all(np.isfinite(images.numpy().astype(np.float32)))
 
 
-def test_training_labels_survive_augmentation_and_match_labels_txt(tiny_records):
+@pytest.mark.parametrize("cache_decoded", [False, True], ids=["fused_decode", "cached"])
+def test_training_labels_survive_augmentation_and_match_labels_txt(tiny_records, cache_decoded):
     class_names = records.read_labels(tiny_records.data_dir)
     ds = create_dataset(
         tiny_records.data_dir,
@@ -94,6 +97,7 @@ def test_training_labels_survive_augmentation_and_match_labels_txt(tiny_records)
         image_size=IMAGE_SIZE,
         training=True,
         seed=3,
+        cache_decoded=cache_decoded,
     )
     seen = []
     # 8 batches of 5 from 18 examples: the stream goes on past an epoch.
@@ -108,7 +112,8 @@ def test_training_labels_survive_augmentation_and_match_labels_txt(tiny_records)
     assert len(set(seen)) >= 10
 
 
-def test_each_example_of_a_batch_gets_its_own_augmentation(tmp_path):
+@pytest.mark.parametrize("cache_decoded", [False, True], ids=["fused_decode", "cached"])
+def test_each_example_of_a_batch_gets_its_own_augmentation(tmp_path, cache_decoded):
     # Every record holds the same asymmetric image, so only the augmentation
     # (drawn per example from the batch's seed) tells the outputs apart.
     rs = write_records(os.fspath(tmp_path))
@@ -124,7 +129,7 @@ def test_each_example_of_a_batch_gets_its_own_augmentation(tmp_path):
             for _ in range(5):
                 writer.write(record)
     ds = create_dataset(rs.data_dir, records.TRAIN, batch_size=8, image_size=IMAGE_SIZE,
-                        training=True, seed=0)
+                        training=True, seed=0, cache_decoded=cache_decoded)
     for images, _ in ds.take(2):
         assert len({image.tobytes() for image in images.numpy()}) >= 6
 
@@ -217,7 +222,8 @@ def test_eval_shards_files_across_input_pipelines(tiny_records):
     assert batches0 == batches1 == 3
 
 
-def test_training_shards_files_across_input_pipelines(tiny_records):
+@pytest.mark.parametrize("cache_decoded", [False, True], ids=["fused_decode", "cached"])
+def test_training_shards_files_across_input_pipelines(tiny_records, cache_decoded):
     for pipeline_id, shards in [(0, {0, 2}), (1, {1, 3})]:
         ds = create_dataset(
             tiny_records.data_dir,
@@ -227,6 +233,7 @@ def test_training_shards_files_across_input_pipelines(tiny_records):
             training=True,
             input_context=input_context(2, pipeline_id),
             seed=0,
+            cache_decoded=cache_decoded,
         )
         found = [
             e

@@ -18,6 +18,7 @@ def test_default_run_uses_cached_synthetic_data_and_the_cpu_demo_config(tmp_path
     opening = log[:log.index("training resnet18")]
     assert "BUILT-IN SYNTHETIC" in opening and "--data_dir" in opening
     assert "global batch 64" in log  # from configs/cpu_demo.cfg
+    assert "decoded training images at 64 px in memory" in log  # --cache_decoded, at 2 x 32 px
     (records_dir,) = cache.glob("synthetic-*/records")
     info = json.loads((records_dir / "dataset_info.json").read_text())
     assert len(info["class_names"]) == 12

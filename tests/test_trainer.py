@@ -186,6 +186,20 @@ def test_mixed_precision_trains(tiny_records, tmp_path, precision):
     assert np.isfinite(losses[-1][1])
 
 
+def test_cache_decoded_trains_from_memory_across_epochs(tiny_records, tmp_path, trained):
+    # 6 steps of 4 = 24 examples: past the 18-example epoch the cache replays.
+    result = train(tiny_records.data_dir, str(tmp_path), "--train_steps=6", "--mode=train",
+                   "--cache_decoded", "--strategy=mirrored", "--cpu_devices=2")
+    assert_ok(result)
+    # --image_size=32: cached at twice the side.
+    assert "caching 18 decoded training images at 64 px" in result.stderr
+    assert checkpoint_step(str(tmp_path)) == 6
+    losses = read_events(os.path.join(tmp_path, "train"))["loss"]
+    assert len(losses) == 3 and all(np.isfinite(loss) for _, loss in losses)
+    # Off by default: the fixture's run decoded the records every step.
+    assert "caching" not in trained[1].stderr
+
+
 def test_xla_on_default_strategy(tiny_records, tmp_path):
     result = train(tiny_records.data_dir, str(tmp_path), "--train_steps=2", "--mode=train",
                    "--jit_compile=true", "--strategy=default")

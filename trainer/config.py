@@ -69,3 +69,4 @@ class TrainConfig:
     mode: str = "train_and_eval"
     profile_steps: tuple[int, int] | None = None
     zero_init_residual: bool = True
+    cache_decoded: bool = False

@@ -30,7 +30,7 @@ def log_start(summaries: Summaries, config, runtime, info: records.DatasetInfo, 
         "learning_rate": config.learning_rate, "weight_decay": config.weight_decay,
         "label_smoothing": config.label_smoothing, "precision": runtime.precision,
         "strategy": type(runtime.strategy).__name__, "replicas": runtime.num_replicas,
-        "train_steps": schedule.total_steps,
+        "train_steps": schedule.total_steps, "cache_decoded": config.cache_decoded,
     })
     if runtime.is_chief:
         sample = create_dataset(config.data_dir, records.TRAIN, batch_size=8,

@@ -334,7 +334,7 @@ def _distribute(runtime: Runtime, config: TrainConfig, info: records.DatasetInfo
             config.data_dir, split,
             batch_size=context.get_per_replica_batch_size(config.batch_size),
             image_size=config.image_size, training=training, input_context=context,
-            dtype=INPUT_DTYPES[runtime.precision], info=info,
+            dtype=INPUT_DTYPES[runtime.precision], info=info, cache_decoded=config.cache_decoded,
             # The shuffle position is not checkpointed: a run resumed at step
             # N gets another seed, or it would replay the batches of step 0 on.
             seed=config.seed + first_step,
