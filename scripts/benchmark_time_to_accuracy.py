@@ -1,0 +1,348 @@
+"""Wall time the CPU demo takes to reach a validation accuracy, per variant of its settings.
+
+Each variant is the CPU demo (`configs/cpu_demo.cfg` on the built-in
+synthetic seedlings, what `python -m trainer.main` trains without
+--data_dir) with a few trainer flags changed: the decoded-image cache, steps
+per loop, precision, image size. The variants live in one table, `VARIANTS`.
+
+How: the demo data is generated and converted once, before any timing, into
+--cache_dir (the trainer's own cache, so a later demo run reuses it). Then
+each variant runs, one after the other, as a fresh trainer process:
+
+    python -m trainer.main --flagfile=configs/cpu_demo.cfg --data_dir=CACHED_RECORDS
+        --model_dir=... --eval_every=... --train_steps=... VARIANT_FLAGS
+
+which is what the demo runs, with evaluations every --eval_every steps so
+the crossing is resolved finely. While it trains, its evaluation events
+(eval/accuracy) are read every second; the first evaluation at or above
+--target gives the time to target (the event's wall time minus the time the
+process was started), its step and accuracy, and the run is then stopped
+with SIGTERM (the trainer saves and exits with 143). A run that never gets
+there reports its best evaluation instead. Training images/s is the median
+of the run's train/images_per_second scalars (one per loop of steps).
+
+Times include Python and TensorFlow start-up, tracing, evaluations and
+checkpoints: every variant pays them, the default included. Runs share the
+machine with whatever else is running: the load average is printed.
+
+Usage: python scripts/benchmark_time_to_accuracy.py [--target 0.85]
+         [--variants all|default,steps_per_loop=1,...] [--eval_every 250]
+         [--max_steps 2500] [--cache_dir ~/.cache/seedlings] [--work_dir DIR]
+         [--images_per_class 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Run as `python scripts/benchmark_time_to_accuracy.py`: the repository root
+# is not on sys.path by itself.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from tensorboard.backend.event_processing.event_file_loader import (  # noqa: E402
+    LegacyEventFileLoader,
+)
+from tensorboard.util import tensor_util  # noqa: E402
+
+from input_pipeline import demo_data  # noqa: E402
+from trainer import main as trainer_main  # noqa: E402
+
+# Name -> trainer flags on top of the demo's. Adding a variant is one line.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "cache_decoded=false": ("--cache_decoded=false",),
+    "steps_per_loop=1": ("--steps_per_loop=1",),
+    "steps_per_loop=10": ("--steps_per_loop=10",),
+    "mixed_bfloat16": ("--mixed_precision=mixed_bfloat16",),
+    "image_size=48": ("--image_size=48",),
+    "image_size=96": ("--image_size=96",),
+}
+
+ALL = "all"
+
+# Exit codes of a run that did its job: finished (0), or stopped by our
+# SIGTERM after saving (143; minus SIGTERM if it came after the trainer
+# stopped watching for it, during its last moments).
+_STOPPED_OK = (0, 128 + signal.SIGTERM)
+# Saving a checkpoint of the demo model takes a second or two.
+_STOP_TIMEOUT_SECONDS = 120
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--target", type=float, default=0.85,
+                        help="validation accuracy to reach, in [0, 1]")
+    parser.add_argument("--variants", default=ALL,
+                        help=f"comma-separated variants to run, in this order: '{ALL}' or any "
+                        f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--eval_every", type=int, default=250,
+                        help="evaluate every N steps: the resolution of the time to target "
+                        "(the demo evaluates every 500)")
+    parser.add_argument("--max_steps", type=int, default=2500,
+                        help="steps of a run that does not reach the target; also the length "
+                        "of the learning-rate schedule (the demo's: 2500)")
+    parser.add_argument("--cache_dir", default=trainer_main.FLAGS["cache_dir"].default,
+                        help="where the demo data is generated once and kept (the trainer's "
+                        "--cache_dir)")
+    parser.add_argument("--work_dir",
+                        help="keep each run's model dir and log in a new folder under DIR; "
+                        "default: a temp folder, removed at the end")
+    parser.add_argument("--images_per_class", type=int, default=demo_data.IMAGES_PER_CLASS,
+                        help="synthetic images per class (the demo's data set unless changed)")
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    return args
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not 0.0 <= args.target <= 1.0:
+        parser.error(f"--target must be a validation accuracy in [0, 1], got {args.target}")
+    for name in ("eval_every", "max_steps", "images_per_class"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    names = [name.strip() for name in args.variants.split(",") if name.strip()]
+    if names == [ALL]:
+        names = list(VARIANTS)
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown or not names:
+        parser.error(f"unknown variant(s) in --variants={args.variants!r}: "
+                     f"{', '.join(unknown) or 'none given'}; choose from {ALL} or "
+                     f"{', '.join(VARIANTS)}")
+    args.variants = list(dict.fromkeys(names))  # In the given order, once each.
+
+
+# --------------------------------------------------------------------------
+# Reading a run's events while it writes them.
+
+
+@dataclasses.dataclass(frozen=True)
+class Scalar:
+    step: int
+    value: float
+    wall_time: float  # Seconds since the epoch, when the trainer wrote it.
+
+
+class ScalarReader:
+    """New values of one scalar tag in a run's event folder, as they are written.
+
+    TensorBoard's loader keeps its place in each file and leaves a record the
+    writer has not finished for the next call.
+    """
+
+    def __init__(self, log_dir: str, tag: str):
+        self.log_dir, self.tag = log_dir, tag
+        self._loaders: dict[str, LegacyEventFileLoader] = {}
+
+    def read_new(self) -> list[Scalar]:
+        for path in sorted(glob.glob(os.path.join(self.log_dir, "events.out.tfevents.*"))):
+            if path not in self._loaders:
+                self._loaders[path] = LegacyEventFileLoader(path)
+        return [
+            Scalar(event.step, float(tensor_util.make_ndarray(value.tensor))
+                   if value.HasField("tensor") else value.simple_value, event.wall_time)
+            for loader in self._loaders.values()
+            for event in loader.Load()
+            for value in event.summary.value
+            if value.tag == self.tag
+        ]
+
+
+# --------------------------------------------------------------------------
+# Running one variant.
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one run of a variant gave."""
+
+    variant: str
+    exit_code: int
+    start_time: float
+    evals: tuple[Scalar, ...] = ()
+    reached: Scalar | None = None  # The first evaluation at or above the target.
+    images_per_second: float | None = None
+    error: str | None = None  # Last line of a failed run's log.
+
+    @property
+    def seconds_to_target(self) -> float | None:
+        return None if self.reached is None else self.reached.wall_time - self.start_time
+
+    @property
+    def best(self) -> Scalar | None:
+        return max(self.evals, key=lambda e: e.value, default=None)
+
+
+def trainer_command(records_dir: str, model_dir: str, eval_every: int, max_steps: int,
+                    variant_flags: tuple[str, ...]) -> list[str]:
+    """The demo's command on `records_dir`, with the variant's flags last so they win."""
+    return [
+        sys.executable, "-m", "trainer.main", f"--flagfile={trainer_main.DEMO_FLAGFILE}",
+        f"--data_dir={records_dir}", f"--model_dir={model_dir}", f"--eval_every={eval_every}",
+        f"--train_steps={max_steps}", *variant_flags,
+    ]
+
+
+def run_variant(variant: str, command: list[str], model_dir: str, target: float, *,
+                poll_seconds: float = 1.0, clock: Callable[[], float] = time.time,
+                sleep: Callable[[float], None] = time.sleep) -> Outcome:
+    """Runs `command` until an evaluation reaches `target` or the run ends.
+
+    `clock` must be the epoch clock the trainer stamps its events with.
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    # A file, not a pipe: a pipe nobody reads fills up and blocks the trainer.
+    log_path = os.path.join(model_dir, "trainer.log")
+    evals = ScalarReader(os.path.join(model_dir, "eval"), "accuracy")
+    seen: list[Scalar] = []
+    reached, stopped = None, False
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    with open(log_path, "w") as log:
+        start_time = clock()
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        try:
+            while reached is None:
+                running = process.poll() is None
+                # Read after poll(): once it has exited, its last events are in the files.
+                seen += evals.read_new()
+                reached = next((e for e in seen if e.value >= target), None)
+                if not running:
+                    break
+                if reached is None:
+                    sleep(poll_seconds)
+            if reached is not None and process.poll() is None:
+                print(f"  {variant}: accuracy {reached.value:.4f} at step {reached.step}, "
+                      "stopping the run", flush=True)
+                process.send_signal(signal.SIGTERM)
+                stopped = True
+                try:
+                    process.wait(timeout=_STOP_TIMEOUT_SECONDS)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            exit_code = process.wait()
+        finally:
+            if process.poll() is None:  # Interrupted: leave no trainer behind.
+                process.kill()
+                process.wait()
+    seen += evals.read_new()
+    rates = [s.value for s in ScalarReader(os.path.join(model_dir, "train"),
+                                           "images_per_second").read_new()]
+    ok = exit_code in _STOPPED_OK or (stopped and exit_code == -signal.SIGTERM)
+    return Outcome(
+        variant=variant, exit_code=exit_code, start_time=start_time,
+        evals=tuple(sorted(seen, key=lambda e: e.step)), reached=reached,
+        images_per_second=statistics.median(rates) if rates else None,
+        error=None if ok else _last_line(log_path),
+    )
+
+
+def _last_line(path: str) -> str:
+    with open(path, errors="replace") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+# --------------------------------------------------------------------------
+# Reporting.
+
+
+def _number(value: float | int | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def report(outcomes: list[Outcome], target: float, max_steps: int) -> str:
+    """One row per variant: time, step and accuracy at the target, training images/s."""
+    width = max(len("variant"), *(len(o.variant) for o in outcomes))
+    time_header = f"time to {target:g} (s)"
+    time_width = max(10, len(time_header))
+    lines = [f"{'variant':{width}s}  {time_header:>{time_width}s}  {'step':>6s}  "
+             f"{'accuracy':>8s}  {'train images/s':>14s}  note"]
+    for o in outcomes:
+        shown, note = o.reached, ""
+        if o.error is not None:
+            note = f"failed (exit {o.exit_code}): {o.error}"
+        elif o.reached is None:
+            shown = o.best
+            note = (f"target not reached in {max_steps} steps: best evaluation shown"
+                    if shown else "no evaluation written")
+        lines.append(
+            f"{o.variant:{width}s}  {_number(o.seconds_to_target, '.1f'):>{time_width}s}  "
+            f"{_number(shown and shown.step, 'd'):>6s}  "
+            f"{_number(shown and shown.value, '.4f'):>8s}  "
+            f"{_number(o.images_per_second, '.1f'):>14s}  {note}".rstrip())
+    return "\n".join(lines)
+
+
+def _load_average() -> str:
+    return "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+
+
+def _folder_name(variant: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", variant)
+
+
+def prepare_data(args: argparse.Namespace) -> str:
+    """The demo's records, generated and converted on first use; returns their folder."""
+    print(f"preparing the demo data ({args.images_per_class} images per class) in "
+          f"{args.cache_dir} ...", flush=True)
+    return demo_data.prepare(args.cache_dir, images_per_class=args.images_per_class)
+
+
+def run_variants(args: argparse.Namespace, records_dir: str, runs_dir: str) -> list[Outcome]:
+    print(f"CPU demo ({os.path.relpath(trainer_main.DEMO_FLAGFILE, REPO)}) on {records_dir}\n"
+          f"evaluating every {args.eval_every} steps, at most {args.max_steps} steps; target "
+          f"validation accuracy {args.target:g}; {os.cpu_count()} cores; runs in {runs_dir}",
+          flush=True)
+    outcomes = []
+    for variant in args.variants:
+        model_dir = os.path.join(runs_dir, _folder_name(variant))
+        command = trainer_command(records_dir, model_dir, args.eval_every, args.max_steps,
+                                  VARIANTS[variant])
+        print(f"running {variant}: {' '.join(command[1:])}", flush=True)
+        outcomes.append(run_variant(variant, command, model_dir, args.target))
+    return outcomes
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    # Before any clock starts, so no variant pays for generation and conversion.
+    records_dir = prepare_data(args)
+    load_before = _load_average()
+    if args.work_dir:
+        os.makedirs(args.work_dir, exist_ok=True)
+        # A new folder each time: a model dir with checkpoints would resume.
+        runs_dir = tempfile.mkdtemp(prefix="time_to_accuracy-", dir=args.work_dir)
+        outcomes = run_variants(args, records_dir, runs_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="time_to_accuracy-") as runs_dir:
+            outcomes = run_variants(args, records_dir, runs_dir)
+    print(f"\n{report(outcomes, args.target, args.max_steps)}\n\n"
+          "Times run from the start of each trainer process: they include Python and TensorFlow "
+          "start-up,\ntracing, evaluations and checkpoints, which every variant pays, the default "
+          f"included.\nload average (1, 5, 15 min) before the runs: {load_before}, after: "
+          f"{_load_average()} (above {os.cpu_count()}: other work shares the CPU and the "
+          "figures are noisy)")
+    failed = [o.variant for o in outcomes if o.error is not None]
+    if failed:
+        sys.exit(f"error: {len(failed)} of {len(outcomes)} variant(s) failed: {', '.join(failed)}"
+                 "; see the note in their row")
+
+
+if __name__ == "__main__":
+    main()
