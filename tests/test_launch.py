@@ -514,6 +514,8 @@ def trainer_flag_values() -> flags.FlagValues:
         flags.DEFINE_float(name, 0.0, "", flag_values=fv)
     for name in ("tpu", "data_dir", "model_dir", "profile_steps"):
         flags.DEFINE_string(name, None, "", flag_values=fv)
+    for name in ("zero_init_residual", "cache_decoded"):
+        flags.DEFINE_bool(name, False, "", flag_values=fv)
     return fv
 
 
@@ -538,6 +540,7 @@ def test_config_is_a_flagfile_of_trainer_flags(name: str) -> None:
     if name == "cpu_demo.cfg":
         assert (fv.model, fv.width, fv.mixed_precision) == ("resnet18", 16, "float32")
         assert 64 <= fv.image_size <= 96 and fv.batch_size == 64 and 0 < fv.train_steps <= 5000
+        assert fv.cache_decoded  # the demo's data set fits in memory many times over
     else:
         assert (fv.model, fv.image_size, fv.optimizer) == ("resnet50", 224, "sgd")
         tpu = name.startswith("tpu")
