@@ -546,11 +546,15 @@ def _atomic_shard(output_dir: str, name: str) -> Iterator[Any]:
     import tensorflow as tf
 
     tmp = posixpath.join(output_dir, TMP_PREFIX + name)
-    writer = tf.io.TFRecordWriter(tmp)
+    writer = None
     try:
+        # Inside the try: a Ctrl-C just after the file is created must
+        # remove it too.
+        writer = tf.io.TFRecordWriter(tmp)
         yield writer
     except BaseException:
-        writer.close()
+        if writer is not None:
+            writer.close()
         with contextlib.suppress(tf.errors.OpError):
             tf.io.gfile.remove(tmp)
         raise

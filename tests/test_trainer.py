@@ -119,8 +119,15 @@ def test_resume_continues_at_saved_step(tiny_records, tmp_path):
     model_dir = str(tmp_path)
     assert_ok(train(tiny_records.data_dir, model_dir, "--train_steps=2", "--mode=train"))
     assert checkpoint_step(model_dir) == 2
+    # What a kill -9 during a save leaves: TF's temporaries, which the rerun removes.
+    os.makedirs(os.path.join(model_dir, "ckpt-3_temp"))
+    for name in ("checkpoint.tmp0123abcd", os.path.join("ckpt-3_temp", "part-00000-of-00001")):
+        with open(os.path.join(model_dir, name), "w") as f:
+            f.write("half")
     result = train(tiny_records.data_dir, model_dir, "--train_steps=4", "--mode=train")
     assert_ok(result)
+    assert "removed 2 temporary file(s) of an interrupted checkpoint save" in result.stderr
+    assert not [n for n in os.listdir(model_dir) if "tmp" in n or "_temp" in n]
     assert "at step 2" in result.stderr  # The restore line.
     assert "step 2/4" not in result.stderr and "step 4/4" in result.stderr
     assert checkpoint_step(model_dir) == 4

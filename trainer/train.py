@@ -136,6 +136,7 @@ def create_state(config: TrainConfig, runtime: Runtime, info: records.DatasetInf
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    _remove_interrupted_writes(checkpoint_dir)
     manager = tf.train.CheckpointManager(
         checkpoint, checkpoint_dir, max_to_keep=config.keep_checkpoints, step_counter=step
     )
@@ -148,6 +149,28 @@ def create_state(config: TrainConfig, runtime: Runtime, info: records.DatasetInf
         state.checkpoint_path, state.saved_step = restored, int(step.numpy())
         logging.info("restored %s at step %d", restored, state.saved_step)
     return state
+
+
+def _remove_interrupted_writes(directory: str) -> None:
+    """Removes what a save killed half-way leaves in `directory`.
+
+    TF writes the `checkpoint` state file as `checkpoint.tmp<hex>` and then
+    renames it, and writes checkpoint data under `ckpt-N_temp/` before moving
+    it into place; on gs:// a rename is a copy and a delete. A kill -9 in
+    between leaves these temporaries: nothing reads them, but they would sit
+    in the model folder for good. Only this process saves into `directory`,
+    and it has not started saving yet.
+    """
+    leftovers = (tf.io.gfile.glob(posixpath.join(directory, "checkpoint.tmp*"))
+                 + tf.io.gfile.glob(posixpath.join(directory, "ckpt-*_temp")))
+    for path in leftovers:
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        else:
+            tf.io.gfile.remove(path)
+    if leftovers:
+        logging.info("removed %d temporary file(s) of an interrupted checkpoint save: %s",
+                     len(leftovers), ", ".join(posixpath.basename(p.rstrip("/")) for p in leftovers))
 
 
 def restore_newest(checkpoint: tf.train.Checkpoint, directory: str) -> str | None:
