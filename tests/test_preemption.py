@@ -348,10 +348,9 @@ def test_failed_checkpoint_write_is_one_line_and_keeps_the_previous(checkpointed
                                                                      tmp_path):
     model_dir = str(tmp_path / "model")
     shutil.copytree(checkpointed, model_dir)
-    # Tests run as root, where permissions block nothing: a file where the
-    # save of step 6 must create its folder makes the write fail instead.
-    with open(os.path.join(model_dir, "ckpt-6_temp"), "w") as f:
-        f.write("in the way")
+    # Tests run as root, where permissions block nothing: a non-empty folder
+    # where the save of step 6 must put its data file makes the write fail.
+    os.makedirs(os.path.join(model_dir, "ckpt-6.data-00000-of-00001", "in-the-way"))
     result = train(tiny_records.data_dir, model_dir, "--train_steps=6", "--checkpoint_every=2",
                    "--mode=train")
     assert_one_line_error(result, "could not write the checkpoint of step 6", "ckpt-4", "intact")
