@@ -151,9 +151,9 @@ def create_dataset(
         )
 
         def parse_and_decode(serialized: tf.Tensor):
-            features = tf.io.parse_single_example(serialized, _PARSE_SPEC)
-            images, shape = preprocessing.decode_for_cache(features["image/encoded"], side)
-            return images, shape, tf.cast(features["image/class/label"], tf.int32)
+            image_bytes, label = _parse(serialized)
+            images, shape = preprocessing.decode_for_cache(image_bytes, side)
+            return images, shape, label
 
         ds = ds.map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
         ds = ds.shuffle(buffer, seed=shuffle_seed).repeat().batch(batch_size, drop_remainder=True)
@@ -202,7 +202,7 @@ def create_dataset(
 
 
 def _parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """A batch of serialized tf.train.Examples -> (encoded images, int32 labels)."""
+    """Serialized tf.train.Examples (a batch or one) -> (encoded images, int32 labels)."""
     features = tf.io.parse_example(serialized, _PARSE_SPEC)
     return features["image/encoded"], tf.cast(features["image/class/label"], tf.int32)
 

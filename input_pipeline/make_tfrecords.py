@@ -90,16 +90,16 @@ class ConversionError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class ConvertOptions:
-    """How to convert; the defaults are the CLI's."""
+    """How to convert; the one place of the defaults, the CLI's included."""
 
-    num_shards: int = 8
-    validation_fraction: float = 0.1
-    seed: int = 0
-    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE
-    jpeg_quality: int = 95
-    num_workers: int | None = None
-    overwrite: bool = False
-    show_progress: bool = True
+    num_shards: int = 8  # train shards; validation gets proportionally fewer, >= 1
+    validation_fraction: float = 0.1  # share of each class held out, in (0, 1)
+    seed: int = 0  # fixes the split and the record order (not the worker count)
+    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE  # longer side limit; 0 keeps the size
+    jpeg_quality: int = 95  # 1..100
+    num_workers: int | None = None  # processes decoding images; None: all cores
+    overwrite: bool = False  # replace the converted files of an earlier run
+    show_progress: bool = True  # tqdm bars on stderr, when it is a terminal
 
     def check(self) -> None:
         """Raises ConversionError naming the first bad value."""
@@ -707,32 +707,15 @@ def format_summary(info: dict[str, Any]) -> str:
 # The conversion, start to end.
 
 
-def convert(
-    input_dir: str,
-    output_dir: str,
-    *,
-    num_shards: int = 8,
-    validation_fraction: float = 0.1,
-    seed: int = 0,
-    max_image_side: int = DEFAULT_MAX_IMAGE_SIDE,
-    jpeg_quality: int = 95,
-    num_workers: int | None = None,
-    overwrite: bool = False,
-    show_progress: bool = True,
-) -> dict[str, Any]:
+def convert(input_dir: str, output_dir: str, **options: Any) -> dict[str, Any]:
     """Converts `input_dir` into TFRecord shards in `output_dir`.
 
     Args:
       input_dir: local folder of class folders, or a Kaggle root with train/.
       output_dir: any tf.io.gfile folder; must be empty unless `overwrite`.
-      num_shards: train shards; validation gets proportionally fewer, >= 1.
-      validation_fraction: share of each class held out, in (0, 1).
-      seed: fixes the split and the record order (not the worker count).
-      max_image_side: longer side limit in pixels; 0 keeps the original size.
-      jpeg_quality: 1..100.
-      num_workers: processes decoding images; None means all cores.
-      overwrite: replace the converted files of an earlier run.
-      show_progress: tqdm bars on stderr, when it is a terminal.
+      **options: fields of `ConvertOptions` (num_shards, validation_fraction,
+        seed, max_image_side, jpeg_quality, num_workers, overwrite,
+        show_progress), with its defaults.
 
     Returns:
       The dict written to dataset_info.json.
@@ -744,20 +727,17 @@ def convert(
       ConversionError: bad options, input or output folder, or a class left
         without valid images.
     """
-    options = ConvertOptions(
-        num_shards, validation_fraction, seed, max_image_side, jpeg_quality,
-        num_workers, overwrite, show_progress,
-    )
+    options = ConvertOptions(**options)
     options.check()
     layout = find_classes(input_dir)
-    _check_output_dir(output_dir, overwrite)
+    _check_output_dir(output_dir, options.overwrite)
     with _executor(min(options.workers(), len(layout.sources))) as executor:
         kept, skipped = _scan(layout.sources, executor, options)
         counts = collections.Counter(s.label for s in kept)
         _check_every_class_has_images(layout.class_names, counts, skipped)
         plan = plan_shards(kept, len(layout.class_names), options)
         tally = _new_tally(skipped)
-        _prepare_output_dir(output_dir, overwrite)
+        _prepare_output_dir(output_dir, options.overwrite)
         _write_shards(plan, output_dir, executor, options, tally)
     written = sum(tally.class_counts.values(), collections.Counter())
     _check_every_class_has_images(layout.class_names, written, tally.skipped)
@@ -799,6 +779,7 @@ def _define_flags() -> None:
     # lists the main module's flags: naming it makes that work for the
     # `seedlings-make-tfrecords` script as well as for `python -m`.
     main = {"module_name": sys.argv[0]}
+    defaults = ConvertOptions()
     flags.DEFINE_string(
         "input_dir", None,
         "Local folder of class folders (IN/<Class Name>/*.png) or a Kaggle root "
@@ -813,27 +794,30 @@ def _define_flags() -> None:
         required=True, **main,
     )
     flags.DEFINE_integer(
-        "num_shards", 8,
+        "num_shards", defaults.num_shards,
         "Number of train shards, >= 1 (capped at the number of examples); "
         "validation gets proportionally fewer, at least 1.",
         **main,
     )
     flags.DEFINE_float(
-        "validation_fraction", 0.1,
+        "validation_fraction", defaults.validation_fraction,
         "Share of each class held out for validation, in (0, 1); at least one "
         "image of every class with two or more.",
         **main,
     )
     flags.DEFINE_integer(
-        "seed", 0, "Seed of the train/validation split and of the record order.", **main
+        "seed", defaults.seed, "Seed of the train/validation split and of the record order.",
+        **main,
     )
     flags.DEFINE_integer(
-        "max_image_side", DEFAULT_MAX_IMAGE_SIDE,
+        "max_image_side", defaults.max_image_side,
         "Shrink images so that the longer side is at most this many pixels, "
         "keeping the aspect ratio; 0 keeps the original size.",
         **main,
     )
-    flags.DEFINE_integer("jpeg_quality", 95, "Quality of the re-encoded JPEGs, 1..100.", **main)
+    flags.DEFINE_integer(
+        "jpeg_quality", defaults.jpeg_quality, "Quality of the re-encoded JPEGs, 1..100.", **main
+    )
     flags.DEFINE_integer(
         "num_workers", None,
         "Processes decoding and encoding images, >= 1; default all cores. "
@@ -841,7 +825,7 @@ def _define_flags() -> None:
         **main,
     )
     flags.DEFINE_boolean(
-        "overwrite", False,
+        "overwrite", defaults.overwrite,
         "Replace the converted files already in --output_dir (shards, labels.txt, "
         "dataset_info.json); other files are left alone.",
         **main,

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
+from input_pipeline import preprocessing
+
 TRAIN = "train"
 VALIDATION = "validation"
 SPLITS = (TRAIN, VALIDATION)
@@ -96,7 +98,7 @@ def find_corrupt_shards(data_dir: str, split: str) -> list[str]:
         try:
             for serialized in tf.data.TFRecordDataset(path):
                 features = tf.io.parse_single_example(serialized, FEATURE_SPEC)
-                tf.io.decode_image(features["image/encoded"], channels=3, expand_animations=False)
+                preprocessing.decode_image(features["image/encoded"])
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
             reason = e.message.strip().splitlines()[0] if e.message.strip() else type(e).__name__
             corrupt.append(f"{path} ({reason})")

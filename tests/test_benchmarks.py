@@ -19,7 +19,7 @@ TINY = ["--model=resnet18", "--width=8", "--image_size=32", "--batch_size=8", "-
         "--warmup_steps=1", "--steps_per_loop=1", "--repeats=1"]
 FLAGS = ("--data_dir", "--images_per_class", "--model", "--width", "--image_size",
          "--batch_size", "--precision", "--steps", "--warmup_steps", "--steps_per_loop",
-         "--repeats", "--synthetic_input")
+         "--repeats", "--cache_decoded", "--synthetic_input")
 
 
 def run_benchmark(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -45,6 +45,9 @@ def test_records_run_reports_every_contender_and_ratio():
     assert_ok(result)
     out = result.stdout
     assert "input: records" in out and "12 classes" in out
+    # --cache_decoded (the default) fills its cache in the warm-up: a pass over
+    # the 12 training images is 2 batches of 8, more than --warmup_steps=1.
+    assert "3 timed steps after 2 warm-up" in out
     for contender in ("ours", "model.fit", "ours, in-memory input", "ours, 1 step per call",
                       "input pipeline alone"):
         assert table_rate(out, contender) > 0
@@ -62,6 +65,7 @@ def test_synthetic_input_needs_no_records_and_skips_the_input_check(tiny_records
     out = result.stdout
     assert "input: in-memory synthetic tensors" in out and "mixed_bfloat16" in out
     assert "4 classes" in out
+    assert "3 timed steps after 1 warm-up" in out  # no records, no cache to fill
     assert table_rate(out, "ours") > 0 and table_rate(out, "model.fit") > 0
     assert "input pipeline alone" not in out and "generating" not in out
     assert re.search(r"^ours / model\.fit: +[0-9.]+x", out, re.MULTILINE), out

@@ -12,7 +12,7 @@ so the trainer handles the signal itself, the same way everywhere:
    the C-level handler also writes the signal number to `set_wakeup_fd`'s
    pipe, and a watcher thread reading that pipe sets the flag while the loop
    still runs.
-2. The compiled loop calls `make_stop_check(...)()` before every step. With
+2. The compiled loop calls `make_stop_check(...)()` after every step. With
    several workers the flag is all-reduced, so that every worker stops after
    the same step and all of them take part in the checkpoint.
 3. The trainer saves at that step and raises `Preempted`, which ends the
