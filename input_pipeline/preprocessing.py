@@ -265,8 +265,9 @@ def random_crop_flip_rotate_batch(
     original image with a width/height ratio in `aspect_ratio_range`
     (log-uniform), flipped and transposed at random; a window that does not
     fit is clipped to the image instead of redrawn. The flips are the
-    window's corners swapped, the transpose a choice of cached copy, and one
-    bilinear `crop_and_resize` makes every output image: no per-image ops.
+    window's corners swapped, the transpose a choice of cached copy, and two
+    batched bilinear passes (`crop_and_resize_windows`) make every output
+    image: no per-image ops.
 
     Args:
       images: uint8 [n, 2, side, side, 3] from `decode_for_cache`.
@@ -292,18 +293,58 @@ def random_crop_flip_rotate_batch(
     x1 = (1.0 - window_width) * left[:, 0]
     y2, x2 = y1 + window_height, x1 + window_width
     flip_up_down, flip_left_right, transpose = tf.unstack(flips < 0.5, axis=1)
-    # crop_and_resize samples from the first corner to the second: swapped
-    # corners are a flipped crop.
+    # Sampling from the second corner to the first is a flipped crop.
     y1, y2 = tf.where(flip_up_down, y2, y1), tf.where(flip_up_down, y1, y2)
     x1, x2 = tf.where(flip_left_right, x2, x1), tf.where(flip_left_right, x1, x2)
-    # In the transposed copy, rows are the original's columns.
-    boxes = tf.where(
-        transpose[:, None], tf.stack([x1, y1, x2, y2], 1), tf.stack([y1, x1, y2, x2], 1)
-    )
-    side = images.shape[2]
-    copies = tf.reshape(images, [-1, side, side, 3])  # [2n, ...]: no copy made
-    copy_index = 2 * tf.range(n) + tf.cast(transpose, tf.int32)
-    return tf.image.crop_and_resize(copies, boxes, copy_index, [image_size, image_size])
+    return crop_and_resize_windows(images, tf.stack([y1, x1, y2, x2], 1), transpose, image_size)
+
+
+def crop_and_resize_windows(
+    images: tf.Tensor, boxes: tf.Tensor, transpose: tf.Tensor, image_size: int
+) -> tf.Tensor:
+    """Bilinear crops of cached images, transposed where asked: `tf.image.crop_and_resize`, faster.
+
+    Bilinear resampling is separable, so this resamples one axis of the whole
+    batch, then the other, each with `crop_and_resize` on images one pixel
+    wide whose "channels" are a whole row. TF's kernel then runs its inner
+    loop over hundreds of values per coordinate computation instead of three:
+    the two passes and the transpose between them took a quarter less CPU
+    time than one 2-D `crop_and_resize` of the same windows (a fifth of the
+    whole cached training pipeline's, at 64 px), for the same values.
+    Starting from the transposed cached copy puts the output the right way
+    round; starting from the image itself transposes it for free.
+
+    Args:
+      images: uint8 [n, 2, side, side, 3]: each image and its transpose.
+      boxes: float32 [n, 4], [y1, x1, y2, x2] relative to the image (not its
+        transpose), as for `crop_and_resize`; y1 > y2 flips, and so on.
+      transpose: bool [n], which outputs to transpose.
+      image_size: output side.
+
+    Returns:
+      float32 [n, image_size, image_size, 3].
+    """
+    n, side = tf.shape(images)[0], images.shape[2]
+    y1, x1, y2, x2 = tf.unstack(boxes, axis=1)
+    # The first pass runs down the rows of the chosen copy: the image's
+    # columns (x) for the transposed copy, its rows (y) for the image itself.
+    first = tf.where(transpose[:, None], tf.stack([y1, y2], 1), tf.stack([x1, x2], 1))
+    second = tf.where(transpose[:, None], tf.stack([x1, x2], 1), tf.stack([y1, y2], 1))
+    copy_index = 2 * tf.range(n) + 1 - tf.cast(transpose, tf.int32)
+    rows = tf.reshape(images, [-1, side, 1, side * 3])  # [2n, ...]: no copy made
+    rows = _resample_rows(rows, first, copy_index, image_size)  # [n, image_size, 1, side * 3]
+    columns = tf.transpose(tf.reshape(rows, [n, image_size, side, 3]), [0, 2, 1, 3])
+    columns = tf.reshape(columns, [n, side, 1, image_size * 3])
+    out = _resample_rows(columns, second, tf.range(n), image_size)
+    return tf.reshape(out, [n, image_size, image_size, 3])
+
+
+def _resample_rows(images: tf.Tensor, spans: tf.Tensor, index: tf.Tensor, size: int) -> tf.Tensor:
+    """Bilinear resampling along the first axis of one-pixel-wide images, [start, end] each."""
+    start, end = tf.unstack(spans, axis=1)
+    zeros = tf.zeros_like(start)
+    boxes = tf.stack([start, zeros, end, zeros], 1)
+    return tf.image.crop_and_resize(images, boxes, index, [size, 1])
 
 
 def _map_images(fn, elems, image_size: int) -> tf.Tensor:

@@ -2,7 +2,8 @@
 
 Contenders run in turns in this one process (so they share TensorFlow's
 thread pools and settings), `--repeats` times each, alternating; the median
-of each is reported. Every run creates a fresh input iterator, runs
+of each is reported, and each ratio is the median of the ratios within a
+repeat (a slow spell of a shared machine then hits both sides). Every run creates a fresh input iterator, runs
 `--warmup_steps` untimed steps (rounded up to whole loops; they trace the
 step and fill the input pipeline), then times `--steps` steps.
 
@@ -387,9 +388,10 @@ def make_contenders(args: argparse.Namespace, inputs: Inputs, schedule: train.Sc
         return lambda: time_our_loop(ours, iter(make_iterator()), warmup_loops=warmup_loops,
                                      timed_loops=steps // per_loop, steps_per_loop=per_loop)
 
+    # Ours runs between the two it is compared with, so each pair is close in time.
     contenders = {
-        OURS: run_ours(ours_input),
         FIT: lambda: time_fit(fit_model, fit_input(), warmup_steps=warmup, steps=steps),
+        OURS: run_ours(ours_input),
     }
     if not args.synthetic_input:
         contenders[OURS_IN_MEMORY] = run_ours(inputs.in_memory_for_ours)
@@ -425,6 +427,15 @@ def median_cpu(timings: list[Timing], batch_size: int) -> float:
     return statistics.median(t.cpu_ms_per_image(batch_size) for t in timings)
 
 
+def paired_ratio(numerators: list[Timing], denominators: list[Timing], rate) -> float:
+    """Median over repeats of one contender's figure over another's from the same repeat.
+
+    Runs of one repeat follow each other within seconds, so a slow spell of
+    the machine hits both sides of a pair: steadier than a ratio of medians.
+    """
+    return statistics.median(rate(a) / rate(b) for a, b in zip(numerators, denominators))
+
+
 def report(timings: dict[str, list[Timing]], batch_size: int) -> str:
     """The table of medians, the two ratios and the input wait fraction."""
     lines = [f"{'contender':24s} {'images/s':>9s} {'CPU ms/image':>13s}   images/s per repeat"]
@@ -432,23 +443,32 @@ def report(timings: dict[str, list[Timing]], batch_size: int) -> str:
         each = " ".join(f"{t.images_per_second(batch_size):.1f}" for t in runs)
         lines.append(f"{name:24s} {median_rate(runs, batch_size):9.1f} "
                      f"{median_cpu(runs, batch_size):13.3f}   {each}")
-    ours, fit = median_rate(timings[OURS], batch_size), median_rate(timings[FIT], batch_size)
-    cpu_ratio = median_cpu(timings[FIT], batch_size) / median_cpu(timings[OURS], batch_size)
+
+    def speed(t: Timing) -> float:
+        return t.images_per_second(batch_size)
+
+    def cpu_speed(t: Timing) -> float:
+        return 1 / t.cpu_ms_per_image(batch_size)
+
+    def ratios(name: str) -> tuple[float, float]:
+        return (paired_ratio(timings[OURS], timings[name], speed),
+                paired_ratio(timings[OURS], timings[name], cpu_speed))
+
     lines.append("")
-    lines.append(f"ours / model.fit:           {ours / fit:.2f}x   (target >= 1.0x; by CPU time "
-                 f"per image: {cpu_ratio:.2f}x)")
+    wall, cpu = ratios(FIT)
+    lines.append(f"ours / model.fit:           {wall:.2f}x   (target >= 1.0x; by CPU time "
+                 f"per image: {cpu:.2f}x)")
     if OURS_IN_MEMORY in timings:
-        in_memory = median_rate(timings[OURS_IN_MEMORY], batch_size)
         # On a machine this loop has to itself, the input pipeline's CPU
         # time comes out of the training step's cores: the CPU-time ratio is
         # what the wall-clock one tends to when the cores are saturated.
-        cpu_share = median_cpu(timings[OURS_IN_MEMORY], batch_size) / median_cpu(
-            timings[OURS], batch_size)
-        lines.append(f"records / synthetic (ours): {100 * ours / in_memory:.1f}%   "
+        wall, cpu = ratios(OURS_IN_MEMORY)
+        lines.append(f"records / synthetic (ours): {100 * wall:.1f}%   "
                      f"(target >= 95%; lower: input-bound; by CPU time per image: "
-                     f"{100 * cpu_share:.1f}%)")
+                     f"{100 * cpu:.1f}%)")
     else:
         lines.append("records / synthetic (ours): n/a (--synthetic_input)")
+    lines.append("(ratios: medians over repeats of each repeat's own ratio)")
     lines.append(_input_wait_line(timings[BREAKDOWN]))
     return "\n".join(lines)
 

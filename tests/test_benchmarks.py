@@ -100,3 +100,27 @@ def test_missing_data_dir_fails_with_one_line(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "nowhere" in last and "make_tfrecords" in last, last
+
+
+def test_ratios_pair_the_runs_of_each_repeat():
+    # Seconds per run over 3 repeats; in repeat 1 the machine was slow for
+    # the in-memory run only. Ratio of medians: 100%; the median of each
+    # repeat's own ratio is 2/3, and so is the CPU-time one.
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import benchmark_train as bt
+
+    def runs(*seconds: float, wait: float | None = None) -> list:
+        return [bt.Timing(10, bt.Reading(s, s), input_wait=wait) for s in seconds]
+
+    timings = {
+        bt.FIT: runs(1.0, 2.0, 3.0),
+        bt.OURS: runs(1.0, 2.0, 3.0),
+        bt.OURS_IN_MEMORY: runs(3.0, 1.0, 2.0),
+        bt.BREAKDOWN: runs(1.0, 1.0, 1.0, wait=0.1),
+        bt.INPUT_ALONE: runs(0.1, 0.1, 0.1),
+    }
+    out = bt.report(timings, batch_size=8)
+    assert re.search(r"^ours / model\.fit: +1\.00x .*CPU time per image: 1\.00x", out, re.M), out
+    assert re.search(r"^records / synthetic \(ours\): +66\.7% .*CPU time per image: 66\.7%",
+                     out, re.M), out
+    assert re.search(r"^input wait fraction: +10\.0%", out, re.M), out
