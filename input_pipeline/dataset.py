@@ -83,7 +83,7 @@ def create_dataset(
         (squeezed to a square of `preprocessing.cache_side(image_size)`, with
         its transpose: 2 * 3 * side**2 bytes per image, 130 MB for the CPU
         demo), and augment whole batches from there with the same crop, flip
-        and rotation distribution. A third of the input CPU time per image
+        and rotation distribution. A quarter of the input CPU time per image
         at 64 px; for data sets that fit in memory. Ignored for evaluation.
 
     Returns:
