@@ -278,7 +278,7 @@ def _options(training: bool) -> tf.data.Options:
     # tf.data's own map and read threads. Otherwise a batched op (the cached
     # path's crop_and_resize) spreads over the intra-op pool that runs the
     # training step and queues between its ops: with one thread, the records-fed
-    # loop went from 88-91% to 93-94% of the in-memory-fed loop's images/s on 2
+    # loop went from 88-91% to 92-94% of the in-memory-fed loop's images/s on 2
     # cores. The per-image decoding path measured the same either way.
     options.threading.max_intra_op_parallelism = 1
     # Everything else stays at tf.data's defaults (autotuned parallelism and
