@@ -3,9 +3,10 @@
 Contenders run in turns in this one process (so they share TensorFlow's
 thread pools and settings), `--repeats` times each, alternating; the median
 of each is reported, and each ratio is the median of the ratios within a
-repeat (a slow spell of a shared machine then hits both sides). Every run creates a fresh input iterator, runs
-`--warmup_steps` untimed steps (rounded up to whole loops; they trace the
-step and fill the input pipeline), then times `--steps` steps.
+repeat (a slow spell of a shared machine then hits both sides). Every run
+creates a fresh input iterator, runs `--warmup_steps` untimed steps (rounded
+up to whole loops; they trace the step and fill the input pipeline), then
+times `--steps` steps.
 
 - ours: `trainer.train.make_train_loop` over the trainer's own distributed
   dataset, `--steps_per_loop` steps per call, with the trainer's per-loop
@@ -427,7 +428,8 @@ def median_cpu(timings: list[Timing], batch_size: int) -> float:
     return statistics.median(t.cpu_ms_per_image(batch_size) for t in timings)
 
 
-def paired_ratio(numerators: list[Timing], denominators: list[Timing], rate) -> float:
+def paired_ratio(numerators: list[Timing], denominators: list[Timing],
+                 rate: Callable[[Timing], float]) -> float:
     """Median over repeats of one contender's figure over another's from the same repeat.
 
     Runs of one repeat follow each other within seconds, so a slow spell of

@@ -79,9 +79,10 @@ flags.DEFINE_float("weight_decay", 1e-3,
 flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the training loss.",
                    lower_bound=0, upper_bound=1)
 flags.DEFINE_bool("cache_decoded", False,
-                  "Decode each training image once and keep it in memory (2 x 3 x (2 x image_size)^2 "
-                  "bytes per image: 130 MB for the CPU demo), augmenting whole batches from there: a "
-                  "quarter of the input CPU per image at 64 px. For data sets that fit in memory.")
+                  "Decode each training image once and keep it in memory (2 x 3 x "
+                  "(2 x image_size)^2 bytes per image: 130 MB for the CPU demo), augmenting whole "
+                  "batches from there: a quarter to a third of the input CPU per image at 64 px. "
+                  "For data sets that fit in memory.")
 flags.DEFINE_bool("zero_init_residual", True,
                   "Start each residual block's last BN gamma at zero (helps large batches).")
 flags.DEFINE_enum("mixed_precision", "auto", PRECISIONS,
