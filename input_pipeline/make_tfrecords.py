@@ -360,18 +360,30 @@ def _ordered_map(
         return
     pending: collections.deque = collections.deque()
     for chunk in _chunks(items, _CHUNK_SIZE):
-        pending.append(executor.submit(_run_chunk, fn, chunk))
+        with _sigint_blocked():  # submit may spawn a worker
+            pending.append(executor.submit(_run_chunk, fn, chunk))
         if len(pending) >= _CHUNKS_IN_FLIGHT_PER_WORKER * num_workers:
             yield from pending.popleft().result()
     while pending:
         yield from pending.popleft().result()
 
 
-def _ignore_interrupts() -> None:
-    # Ctrl-C reaches the whole process group. Only the parent should act on it
-    # (remove the shard in progress, stop the pool), and workers should not
-    # each print a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Blocks Ctrl-C in this thread; a worker spawned meanwhile inherits the block.
+
+    Ctrl-C in a terminal signals the whole process group. Only the parent
+    should act on it (remove the shard in progress, stop the pool). A worker
+    that got it would print its own traceback, even while still importing,
+    before any pool initializer could ignore it. The pool spawns workers on
+    demand, inside submit, so each submit runs blocked; a Ctrl-C arriving
+    meanwhile reaches the parent when the block lifts.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager
@@ -383,9 +395,7 @@ def _executor(num_workers: int) -> Iterator[concurrent.futures.Executor | None]:
     # spawn, not fork: forking a parent that has TF's threads running can
     # deadlock the children.
     context = multiprocessing.get_context("spawn")
-    executor = concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=context, initializer=_ignore_interrupts
-    )
+    executor = concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context)
     try:
         yield executor
     except concurrent.futures.BrokenExecutor as error:  # e.g. a worker killed for memory

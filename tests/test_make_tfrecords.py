@@ -7,6 +7,7 @@ minute on two cores.
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import io
@@ -365,6 +366,19 @@ def test_workers_do_not_import_tensorflow():
     # Spawned workers import this module to run _probe and _encode.
     code = "import sys, input_pipeline.make_tfrecords; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([PYTHON, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_workers_start_deaf_to_ctrl_c_and_the_parent_does_not():
+    # Ctrl-C signals the whole process group; a worker still importing when
+    # it lands would print a traceback of its own. Workers are spawned on
+    # demand, so every one must start with SIGINT blocked.
+    blocked_signals = functools.partial(signal.pthread_sigmask, signal.SIG_BLOCK)
+    with make_tfrecords._executor(2) as executor:
+        worker_masks = list(
+            make_tfrecords._ordered_map(blocked_signals, [[]] * 64, executor, 2)
+        )
+    assert all(signal.SIGINT in mask for mask in worker_masks)
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 # ---------------------------------------------------------------------------
