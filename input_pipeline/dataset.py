@@ -83,8 +83,8 @@ def create_dataset(
         (squeezed to a square of `preprocessing.cache_side(image_size)`, with
         its transpose: 2 * 3 * side**2 bytes per image, 130 MB for the CPU
         demo), and augment whole batches from there with the same crop, flip
-        and rotation distribution. A quarter to a third of the input CPU time
-        per image at 64 px; for data sets that fit in memory. Ignored for evaluation.
+        and rotation distribution. A fifth of the input CPU time per image
+        at 64 px; for data sets that fit in memory. Ignored for evaluation.
 
     Returns:
       images `[batch_size, image_size, image_size, 3]` in `dtype`, normalised
@@ -283,7 +283,7 @@ def _options(training: bool) -> tf.data.Options:
     options.deterministic = not training
     # Each op of the pipeline on one thread: parallelism comes from
     # tf.data's own map and read threads. Otherwise a batched op (the cached
-    # path's crop_and_resize) spreads over the intra-op pool that runs the
+    # path's crops) spreads over the intra-op pool that runs the
     # training step and queues between its ops: with one thread, the records-fed
     # loop went from 88-91% to 92-94% of the in-memory-fed loop's images/s on 2
     # cores (paired runs in one process). Each pipeline alone, cached or not,

@@ -81,7 +81,7 @@ flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the training loss
 flags.DEFINE_bool("cache_decoded", False,
                   "Decode each training image once and keep it in memory (2 x 3 x "
                   "(2 x image_size)^2 bytes per image: 130 MB for the CPU demo), augmenting whole "
-                  "batches from there: a quarter to a third of the input CPU per image at 64 px. "
+                  "batches from there: a fifth of the input CPU per image at 64 px. "
                   "For data sets that fit in memory.")
 flags.DEFINE_bool("zero_init_residual", True,
                   "Start each residual block's last BN gamma at zero (helps large batches).")
