@@ -13,6 +13,8 @@ import functools
 import json
 import math
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -68,6 +70,50 @@ def test_model_names_are_the_variants():
     assert models.MODEL_NAMES == ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
+def test_model_names_match_the_flag_choices():
+    from trainer import config
+
+    assert models.MODEL_NAMES == config.MODELS
+
+
+@pytest.mark.parametrize("name, width, size", [
+    *[(name, 4, 33) for name in sorted(TORCHVISION_PARAMS)], ("resnet18", 8, 64), ("resnet50", 8, 64)])
+def test_model_size_counts_what_the_built_model_holds(name, width, size):
+    model = models.create_model(name, 7, width=width, input_shape=(size, size, 3))
+    conv_outputs = sum(math.prod(layer.output.shape[1:])
+                       for layer in _layers_of(model, keras.layers.Conv2D))
+    assert models.model_size(name, 7, width=width, image_size=size) == (
+        model.count_params(), conv_outputs)
+
+
+def test_strided_projection_equals_a_strided_1x1_conv():
+    model = models.create_model("resnet18", 3, width=16, input_shape=(15, 15, 3))
+    stage2_in = model.get_layer("stage1_block2_out").output
+    project = keras.Model(model.input, [stage2_in, model.get_layer("stage2_block1_proj_conv").output])
+    features, projected = project(tf.random.uniform([2, 15, 15, 3]))
+    kernel = model.get_layer("stage2_block1_proj_conv").kernel
+    np.testing.assert_allclose(projected, tf.nn.conv2d(features, kernel, 2, "VALID"),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_narrow_model_trains_at_224_px():
+    # In a subprocess: oneDNN's strided 1x1 weight gradient for fewer than
+    # 16 input channels kills the whole process (see models._conv_bn).
+    code = ("import tensorflow as tf\n"
+            "from trainer import models\n"
+            "model = models.create_model('resnet18', 3, width=8)\n"
+            "with tf.GradientTape() as tape:\n"
+            "    loss = tf.reduce_sum(model(tf.ones([1, 224, 224, 3]), training=True))\n"
+            "grads = tape.gradient(loss, model.trainable_variables)\n"
+            "print(sum(int(tf.reduce_all(tf.math.is_finite(g))) for g in grads), len(grads))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    finite, total = result.stdout.split()
+    assert finite == total
+
+
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError, match="resnet26") as error:
         models.create_model("resnet26", 10)
@@ -83,7 +129,9 @@ def test_bottleneck_downsamples_in_the_3x3_conv():
         assert model.get_layer(f"{prefix}_2_conv").kernel_size == (3, 3)
         assert model.get_layer(f"{prefix}_2_conv").strides == (2, 2)
         assert model.get_layer(f"{prefix}_3_conv").strides == (1, 1)
-        assert model.get_layer(f"{prefix}_proj_conv").strides == (2, 2)
+        # A 1x1 projection strides by subsampling its input (see models._conv_bn).
+        assert model.get_layer(f"{prefix}_proj_subsample").strides == (2, 2)
+        assert model.get_layer(f"{prefix}_proj_conv").strides == (1, 1)
         # Only the first block of a stage downsamples.
         assert model.get_layer(f"stage{stage}_block2_2_conv").strides == (1, 1)
     # Stage 1 follows the max-pool and keeps its resolution, but still

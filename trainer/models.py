@@ -15,7 +15,7 @@ own variables and moving averages.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import keras
 import tensorflow as tf
@@ -138,6 +138,15 @@ def _conv_bn(
         # grid by one pixel relative to the reference implementations.
         x = layers.ZeroPadding2D(kernel_size // 2, data_format=_DATA_FORMAT, name=f"{name}_pad")(x)
         padding = "valid"
+    elif strides > 1:
+        # A strided 1x1 conv reads every other pixel: take them first, then
+        # convolve at stride 1. The same values, and it avoids oneDNN's
+        # strided 1x1 weight gradient, which in TF 2.21's CPU build crashes
+        # the process for inputs of fewer than 16 channels from 56 px up
+        # (uxlfoundation/oneDNN#6035).
+        x = layers.MaxPooling2D(1, strides=strides, data_format=_DATA_FORMAT,
+                                name=f"{name}_subsample")(x)
+        strides = 1
     x = layers.Conv2D(
         filters,
         kernel_size,
@@ -282,3 +291,53 @@ def create_model(
         width=width,
         input_shape=tuple(input_shape),
     )
+
+
+class ModelSize(NamedTuple):
+    """What a model holds, counted without building it."""
+
+    parameters: int  # every variable's values, batch-norm statistics included
+    # Conv output values per image. Training keeps each for the backward
+    # pass (its batch norm needs it), so this is a floor on activation memory.
+    conv_activations: int
+
+
+def model_size(name: str, num_classes: int, *, width: int, image_size: int) -> ModelSize:
+    """Counts parameters and activations of `create_model(name, ...)` arithmetically.
+
+    Building a model to count would allocate its weights, which is what a
+    start-up check must not do for a model that does not fit.
+    """
+    if name not in _VARIANTS:
+        raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}.")
+    variant = _VARIANTS[name].keywords
+    bottleneck = variant["block"] is bottleneck_block
+    parameters = activations = 0
+
+    def conv_bn(side: int, in_channels: int, out_channels: int, kernel: int) -> None:
+        nonlocal parameters, activations
+        # Conv kernel, then BN's gamma, beta, moving mean and variance.
+        parameters += kernel * kernel * in_channels * out_channels + 4 * out_channels
+        activations += side * side * out_channels
+
+    halve = lambda side: (side - 1) // 2 + 1  # every stride-2 layer, padded as torchvision
+    side = halve(image_size)
+    conv_bn(side, 3, width, 7)
+    side, channels = halve(side), width  # the stem's max pool
+    for i, num_blocks in enumerate(variant["stage_sizes"]):
+        filters = width * 2**i
+        out_channels = filters * _BOTTLENECK_EXPANSION if bottleneck else filters
+        for j in range(num_blocks):
+            in_side, side = side, halve(side) if i > 0 and j == 0 else side
+            if in_side != side or channels != out_channels:
+                conv_bn(side, channels, out_channels, 1)  # projection shortcut
+            if bottleneck:
+                conv_bn(in_side, channels, filters, 1)
+                conv_bn(side, filters, filters, 3)
+                conv_bn(side, filters, out_channels, 1)
+            else:
+                conv_bn(side, channels, filters, 3)
+                conv_bn(side, filters, filters, 3)
+            channels = out_channels
+    parameters += channels * num_classes + num_classes  # the dense head
+    return ModelSize(parameters, activations)
