@@ -12,6 +12,10 @@ preprocesses a whole batch (one image at a time, with the pure functions of
 overhead: 12-15% of the pipeline's CPU time at the CPU demo's 64 px, though
 nothing measurable at 224 px, where decoding and resizing dominate.
 
+Input pipelines (one per worker or TPU host) share the split by file when
+there are at least as many shards as pipelines, else by record: each then
+reads every shard and keeps its every n-th record.
+
 Evaluation batches have a static shape. The last batch is padded with
 all-zero images labelled -1 (`PADDING_LABEL`); metrics must ignore examples
 whose label is < 0. When there are several input pipelines (workers or TPU
@@ -22,7 +26,10 @@ comes.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -65,10 +72,11 @@ def create_dataset(
       image_size: side of the square output images.
       training: random crops, flips and rotations, shuffled, repeated forever,
         last partial batch dropped. Otherwise centre crop, every example of
-        this pipeline's shards exactly once in a fixed order, last batch
+        this pipeline's share exactly once in a fixed order, last batch
         padded (see the module docstring).
       input_context: from `strategy.distribute_datasets_from_function`; each
-        input pipeline reads a disjoint subset of the shard files.
+        input pipeline reads a disjoint subset of the shard files or, when
+        there are fewer files than pipelines, of the records.
       dtype: of the images (float32, bfloat16, float16). Casting here puts the
         conversion on the host, off the accelerator.
       shuffle_buffer: records (still encoded) held for shuffling in training,
@@ -79,6 +87,10 @@ def create_dataset(
         reads in parallel without preserving order, so even with a seed the
         batches are not bit-for-bit repeatable; evaluation always is.
       info: the data set's `dataset_info.json`; read from `data_dir` if None.
+        With several pipelines or replicas, the records per shard are
+        counted at each call unless `info` has them: pass
+        `records.with_shard_lengths(info, data_dir)`, counted once, for
+        records converted before dataset_info.json listed them.
       cache_decoded: training only: decode each image once, keep it in memory
         (squeezed to a square of `preprocessing.cache_side(image_size)`, with
         its transpose: 2 * 3 * side**2 bytes per image, 130 MB for the CPU
@@ -93,8 +105,8 @@ def create_dataset(
     Raises:
       FileNotFoundError: `data_dir`, its `dataset_info.json` or the shards are
         missing.
-      ValueError: fewer shards than input pipelines, or shards missing from an
-        incomplete conversion or copy.
+      ValueError: shards missing or cut short by an incomplete conversion or
+        copy, or, for training, an input pipeline left without records.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -107,12 +119,32 @@ def create_dataset(
         info = records.read_dataset_info(data_dir)
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     pipeline_id = input_context.input_pipeline_id if input_context else 0
-    shards = _list_shards(data_dir, split, info, num_pipelines)
+    replicas_per_pipeline = (
+        input_context.num_replicas_in_sync // num_pipelines if input_context else 1
+    )
+    if num_pipelines > 1 or replicas_per_pipeline > 1:
+        # Sharing by record and the evaluation's top-up need the records per
+        # shard (counted if the caller did not, see `info`).
+        info = records.with_shard_lengths(info, data_dir, [split])
+    shards = records.list_shards(data_dir, split, info)
 
-    # Shard by file, not by record: each pipeline then reads only its own
-    # files instead of reading everything and discarding most of it.
-    own_shards = shards[pipeline_id::num_pipelines]
-    files = tf.data.Dataset.from_tensor_slices(own_shards)
+    shard_lengths = info.shard_lengths.get(split)
+    shares = _shares(len(shards), num_pipelines, shard_lengths)
+    if training and shard_lengths is not None:
+        _check_every_pipeline_has_records(shares, shard_lengths, split, data_dir)
+    own = shares[pipeline_id]
+    if own.stride > 1:
+        # Evaluation reads its small split quickly either way.
+        logging.log(
+            logging.WARNING if training else logging.INFO,
+            "the %s split has %d shards in %s, fewer than the %d input pipelines: each reads "
+            "the whole split and keeps one record in %d; convert with more shards "
+            "(--num_shards) for each to read only its own files",
+            split, len(shards), data_dir, num_pipelines, num_pipelines,
+        )
+    files = tf.data.Dataset.from_tensor_slices(
+        ([shards[i] for i in own.shards], tf.constant(own.offsets, tf.int64))
+    )
     # Independent seeds for the shard order, the record shuffle and the
     # augmentations, different on every worker; None stays random.
     file_seed, shuffle_seed, augment_seed = (
@@ -121,15 +153,19 @@ def create_dataset(
         else np.random.SeedSequence([seed, pipeline_id]).generate_state(3).tolist()
     )
     if training:
-        files = files.shuffle(len(own_shards), seed=file_seed)
+        files = files.shuffle(len(own.shards), seed=file_seed)
         if not cache_decoded:  # the cache replays the first pass instead
             files = files.repeat()
 
+    def read_own_records(path: tf.Tensor, offset: tf.Tensor) -> tf.data.Dataset:
+        shard = tf.data.TFRecordDataset(path)
+        return shard if own.stride == 1 else shard.shard(own.stride, offset)
+
     ds = files.interleave(
-        tf.data.TFRecordDataset,
+        read_own_records,
         # More than this pipeline's files would open the next epoch's copies
         # of the same files at once.
-        cycle_length=min(len(own_shards), _MAX_OPEN_SHARDS),
+        cycle_length=min(len(own.shards), _MAX_OPEN_SHARDS),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=not training,
     )
@@ -197,11 +233,8 @@ def create_dataset(
         # tf.distribute hands each replica whole batches and drops a last
         # step that cannot feed every replica: so every pipeline yields the
         # same number of batches, a multiple of the replicas it feeds.
-        replicas_per_pipeline = (
-            input_context.num_replicas_in_sync // num_pipelines if input_context else 1
-        )
         if num_pipelines > 1 or replicas_per_pipeline > 1:
-            num_batches = _max_batches_per_pipeline(shards, num_pipelines, batch_size)
+            num_batches = _max_batches_per_pipeline(shares, shard_lengths, batch_size)
             num_batches = math.ceil(num_batches / replicas_per_pipeline) * replicas_per_pipeline
             ds = _top_up_with_padding(ds, num_batches)
 
@@ -214,32 +247,56 @@ def _parse(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return features["image/encoded"], tf.cast(features["image/class/label"], tf.int32)
 
 
-def _list_shards(
-    data_dir: str, split: str, info: records.DatasetInfo, num_pipelines: int
-) -> list[str]:
-    pattern = records.shard_pattern(data_dir, split)
-    # Sorted, so that every worker agrees on which files are whose.
-    shards = sorted(tf.io.gfile.glob(pattern))
-    if not shards:
-        raise FileNotFoundError(
-            f"no {split} shards match {pattern}: create records with "
-            f"`python -m input_pipeline.make_tfrecords --input_dir IMAGES --output_dir {data_dir}`"
-        )
-    expected = info.num_shards.get(split)
-    if expected is not None and len(shards) != expected:
-        raise ValueError(
-            f"found {len(shards)} {split} shards in {data_dir} but dataset_info.json "
-            f"lists {expected}: an interrupted conversion or copy? Convert or copy again"
-        )
-    if len(shards) < num_pipelines:
-        raise ValueError(
-            f"the {split} split has {len(shards)} shards in {data_dir} but there are "
-            f"{num_pipelines} input pipelines, and each needs at least one shard: "
-            f"reconvert with `python -m input_pipeline.make_tfrecords "
-            f"--num_shards {num_pipelines}` or more (a multiple of {num_pipelines} "
-            "balances the load)"
-        )
-    return shards
+@dataclasses.dataclass(frozen=True)
+class _Share:
+    """The records one input pipeline reads: of each of its shards, every
+    `stride`-th record from that shard's offset."""
+
+    shards: tuple[int, ...]  # Indices into the sorted shard files.
+    offsets: tuple[int, ...]  # One per shard.
+    stride: int
+
+    def num_records(self, shard_lengths: Sequence[int]) -> int:
+        return sum(len(range(offset, shard_lengths[shard], self.stride))
+                   for shard, offset in zip(self.shards, self.offsets))
+
+
+def _shares(
+    num_shards: int, num_pipelines: int, shard_lengths: Sequence[int] | None
+) -> list[_Share]:
+    """What each input pipeline reads: disjoint, and together every record once.
+
+    `shard_lengths` may be None only with at least as many shards as pipelines.
+    """
+    if num_shards >= num_pipelines:
+        # By file: each pipeline reads only its own files instead of reading
+        # everything and discarding most of it.
+        files = [tuple(range(p, num_shards, num_pipelines)) for p in range(num_pipelines)]
+        return [_Share(own, (0,) * len(own), 1) for own in files]
+    # By record, numbered across the shards in order: pipeline p keeps
+    # records p::n, so the shares differ by one record at most and stay
+    # disjoint whatever order the files are read in.
+    starts = list(itertools.accumulate(shard_lengths, initial=0))[:-1]
+    return [
+        _Share(tuple(range(num_shards)), tuple((p - start) % num_pipelines for start in starts),
+               num_pipelines)
+        for p in range(num_pipelines)
+    ]
+
+
+def _check_every_pipeline_has_records(
+    shares: list[_Share], shard_lengths: Sequence[int], split: str, data_dir: str
+) -> None:
+    # A pipeline with no records would end its stream at the first step,
+    # while the other workers wait for it in their collectives.
+    for pipeline, share in enumerate(shares):
+        if share.num_records(shard_lengths) == 0:
+            raise ValueError(
+                f"the {split} split in {data_dir} has {sum(shard_lengths)} examples in "
+                f"{len(shard_lengths)} shards, which leaves input pipeline {pipeline} of "
+                f"{len(shares)} none to train on: convert more images or train on fewer "
+                "workers or hosts"
+            )
 
 
 def _pad_batch(images: tf.Tensor, labels: tf.Tensor, batch_size: int):
@@ -264,16 +321,15 @@ def _top_up_with_padding(ds: tf.data.Dataset, num_batches: int) -> tf.data.Datas
     return ds.concatenate(padding.repeat()).take(num_batches)
 
 
-def _max_batches_per_pipeline(shards: list[str], num_pipelines: int, batch_size: int) -> int:
+def _max_batches_per_pipeline(
+    shares: list[_Share], shard_lengths: Sequence[int], batch_size: int
+) -> int:
     """Batches of the input pipeline with the most evaluation examples.
 
-    Counts the records (a read of the split, without decoding), because
-    dataset_info.json has no per-shard counts and an estimate that came out
-    low would silently drop examples.
+    From exact record counts: an estimate that came out low would silently
+    drop examples.
     """
-    counts = [int(tf.data.TFRecordDataset(path).reduce(0, lambda n, _: n + 1)) for path in shards]
-    per_pipeline = [sum(counts[i::num_pipelines]) for i in range(num_pipelines)]
-    return math.ceil(max(per_pipeline) / batch_size)
+    return math.ceil(max(share.num_records(shard_lengths) for share in shares) / batch_size)
 
 
 def _options(training: bool) -> tf.data.Options:

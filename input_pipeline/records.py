@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import posixpath
+import struct
 from typing import Any, Sequence
 
+from absl import logging
 import tensorflow as tf
 
-from input_pipeline import preprocessing
+from input_pipeline import preprocessing, storage
 
 TRAIN = "train"
 VALIDATION = "validation"
@@ -114,6 +117,9 @@ class DatasetInfo:
     num_shards: dict[str, int]
     mean: tuple[float, float, float] = DEFAULT_MEAN
     std: tuple[float, float, float] = DEFAULT_STD
+    # Records per shard, in shard-index order. Splits converted before the
+    # converter wrote them are absent: see `with_shard_lengths`.
+    shard_lengths: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -121,23 +127,13 @@ class DatasetInfo:
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
-    """Writes JSON all-or-nothing: a temp file, then a rename.
-
-    On gs:// a rename is copy + delete, but the copy is a single object
-    write, so readers still never see a half-written file.
-    """
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    """Writes JSON all-or-nothing (see `storage.write_atomically`)."""
+    storage.write_atomically(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def write_labels(data_dir: str, class_names: Sequence[str]) -> None:
-    path = posixpath.join(data_dir, LABELS_FILE)
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write("".join(name + "\n" for name in class_names))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    storage.write_atomically(posixpath.join(data_dir, LABELS_FILE),
+                             "".join(name + "\n" for name in class_names))
 
 
 def read_labels(data_dir: str) -> list[str]:
@@ -150,6 +146,7 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
 
     Raises:
       FileNotFoundError: with a message naming the directory and the fix.
+      ValueError: the file is damaged or not the converter's.
     """
     path = posixpath.join(data_dir, INFO_FILE)
     if not tf.io.gfile.exists(path):
@@ -157,14 +154,130 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
             f"{path} not found: --data_dir must be a folder written by "
             "`python -m input_pipeline.make_tfrecords`"
         )
-    with tf.io.gfile.GFile(path) as f:
-        raw = json.load(f)
-    splits = raw["splits"]
-    image = raw.get("image", {})
-    return DatasetInfo(
-        class_names=tuple(raw["class_names"]),
-        num_examples={s: int(v["num_examples"]) for s, v in splits.items()},
-        num_shards={s: int(v["num_shards"]) for s, v in splits.items()},
-        mean=tuple(image.get("mean", DEFAULT_MEAN)),
-        std=tuple(image.get("std", DEFAULT_STD)),
-    )
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            raw = json.load(f)
+        splits = raw["splits"]
+        image = raw.get("image", {})
+        info = DatasetInfo(
+            class_names=tuple(raw["class_names"]),
+            num_examples={s: int(v["num_examples"]) for s, v in splits.items()},
+            num_shards={s: int(v["num_shards"]) for s, v in splits.items()},
+            mean=tuple(image.get("mean", DEFAULT_MEAN)),
+            std=tuple(image.get("std", DEFAULT_STD)),
+            shard_lengths={s: tuple(int(n) for n in v["shard_lengths"])
+                           for s, v in splits.items() if "shard_lengths" in v},
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        # Hand-edited, truncated or another tool's file of the same name.
+        what = f"no {e}" if isinstance(e, KeyError) else storage.first_line(e)
+        raise ValueError(
+            f"{path} is not one the converter writes ({what}): convert the images again "
+            "with `python -m input_pipeline.make_tfrecords`") from e
+    if not info.class_names:
+        raise ValueError(f"{path} lists no classes: convert the images again")
+    statistics = (*info.mean, *info.std)
+    if len(statistics) != 6 or not all(math.isfinite(v) for v in statistics) or min(info.std) <= 0:
+        # Normalising by them would feed the model infinities.
+        raise ValueError(f"{path} has unusable channel statistics (mean {list(info.mean)}, std "
+                         f"{list(info.std)}): convert the images again")
+    return info
+
+
+def list_shards(data_dir: str, split: str, info: DatasetInfo) -> list[str]:
+    """The shard files of `split`, sorted, checked against `dataset_info.json`.
+
+    Raises:
+      FileNotFoundError: no shard of `split` in `data_dir`.
+      ValueError: more or fewer shard files, or entries of shard_lengths, than
+        dataset_info.json lists: an interrupted conversion or copy.
+    """
+    pattern = shard_pattern(data_dir, split)
+    # Sorted, so that every worker agrees on which files and records are whose.
+    shards = sorted(tf.io.gfile.glob(pattern))
+    if not shards:
+        raise FileNotFoundError(
+            f"no {split} shards match {pattern}: create records with "
+            f"`python -m input_pipeline.make_tfrecords --input_dir IMAGES --output_dir {data_dir}`"
+        )
+    expected = info.num_shards.get(split)
+    if expected is not None and len(shards) != expected:
+        raise ValueError(
+            f"found {len(shards)} {split} shards in {data_dir} but dataset_info.json "
+            f"lists {expected}: an interrupted conversion or copy? Convert or copy again"
+        )
+    # Lengths of other files would misplace the pipelines' shares of records.
+    lengths = info.shard_lengths.get(split)
+    if lengths is not None and len(lengths) != len(shards):
+        raise ValueError(
+            f"found {len(shards)} {split} shards in {data_dir} but dataset_info.json has "
+            f"shard_lengths for {len(lengths)}: an interrupted conversion or copy? "
+            "Convert or copy again"
+        )
+    return shards
+
+
+def with_shard_lengths(info: DatasetInfo, data_dir: str,
+                       splits: Sequence[str] | None = None) -> DatasetInfo:
+    """`info` with the records per shard of every split, counted where it lacks them.
+
+    For records converted before dataset_info.json listed them: the count is
+    a read of the split's record headers, so a trainer does it once at
+    start-up rather than at every evaluation. It opens files only, with no
+    TensorFlow op, so it can run before a distribution strategy is set up
+    (MultiWorkerMirrored must be created before TensorFlow's runtime starts).
+    Every split is checked against its shard files, so a missing or partly
+    copied shard stops the run before its first step, not at its first
+    evaluation.
+
+    Args:
+      info: as read by `read_dataset_info(data_dir)`.
+      data_dir: the folder holding the shards.
+      splits: the splits to check and count; default every split in `info`.
+
+    Raises:
+      FileNotFoundError, ValueError: see `list_shards`; ValueError too for a
+        truncated shard.
+    """
+    lengths = dict(info.shard_lengths)
+    for split in info.num_shards if splits is None else splits:
+        shards = list_shards(data_dir, split, info)
+        if split not in lengths:
+            logging.info("counting the records of the %d %s shards in %s: dataset_info.json "
+                         "predates shard_lengths", len(shards), split, data_dir)
+            lengths[split] = tuple(_count_records(path) for path in shards)
+        expected = info.num_examples.get(split)
+        if expected is not None and sum(lengths[split]) != expected:
+            # Lengths that do not add up would misplace or drop evaluation examples.
+            raise ValueError(
+                f"the {split} shards in {data_dir} hold {sum(lengths[split])} records but "
+                f"dataset_info.json lists {expected} examples: an interrupted conversion or "
+                "copy? Convert or copy again")
+    return dataclasses.replace(info, shard_lengths=lengths)
+
+
+# A TFRecord: its data's length (little-endian uint64) and that length's
+# CRC (uint32), the data, the data's CRC (uint32).
+_RECORD_HEADER = struct.Struct("<QI")
+_RECORD_FOOTER_BYTES = 4
+
+
+def _count_records(path: str) -> int:
+    """Records in one TFRecord file, read from their headers; the data is skipped."""
+    count = 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        size = f.size()
+        while (start := f.tell()) < size:
+            header = f.read(_RECORD_HEADER.size)
+            # A header cut short counts as a record running past the end.
+            length = (_RECORD_HEADER.unpack(header)[0] if len(header) == _RECORD_HEADER.size
+                      else size)
+            end = start + _RECORD_HEADER.size + length + _RECORD_FOOTER_BYTES
+            if end > size:
+                raise ValueError(
+                    f"{path} ends inside its record {count + 1}: an interrupted conversion or "
+                    "copy? Convert or copy again"
+                )
+            f.seek(end)
+            count += 1
+    return count

@@ -74,11 +74,14 @@ def write_records(
     examples_per_split: dict[str, int] | None = None,
     num_shards: dict[str, int] | None = None,
     class_names: Sequence[str] = CLASS_NAMES,
+    shard_lengths: bool = True,
 ) -> RecordSet:
     """Writes shards, labels.txt and dataset_info.json as the converter does.
 
     Examples cycle through the classes and are dealt to shards round-robin;
-    image sizes vary between 40 and 80 px, some not square.
+    image sizes vary between 40 and 80 px, some not square. Without
+    `shard_lengths`, dataset_info.json lacks the records per shard, as the
+    converter wrote it before it listed them.
     """
     examples_per_split = examples_per_split or {records.TRAIN: 18, records.VALIDATION: 13}
     num_shards = num_shards or {records.TRAIN: 4, records.VALIDATION: 3}
@@ -124,6 +127,9 @@ def write_records(
                 split: {
                     "num_examples": len(split_examples),
                     "num_shards": num_shards[split],
+                    **({"shard_lengths": [len(split_examples[i::num_shards[split]])
+                                          for i in range(num_shards[split])]}
+                       if shard_lengths else {}),
                     "class_counts": {
                         name: sum(e.label == k for e in split_examples)
                         for k, name in enumerate(class_names)

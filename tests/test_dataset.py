@@ -5,7 +5,10 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -243,16 +246,140 @@ def test_training_shards_files_across_input_pipelines(tiny_records, cache_decode
         assert {shard_of(tiny_records, records.TRAIN, e) for e in found} == shards
 
 
-def test_fewer_shards_than_pipelines_is_a_clear_error(tiny_records):
-    with pytest.raises(ValueError, match=r"4 shards.*5 input pipelines.*--num_shards 5"):
-        create_dataset(
-            tiny_records.data_dir,
-            records.TRAIN,
-            batch_size=2,
-            image_size=IMAGE_SIZE,
-            training=True,
-            input_context=input_context(5, 0),
-        )
+@pytest.fixture(scope="module")
+def few_shards(tmp_path_factory):
+    """`get(train_shards, validation_shards, shard_lengths=True)`: a RecordSet, written once."""
+    written: dict[tuple[int, int, bool], RecordSet] = {}
+
+    def get(train_shards: int, validation_shards: int, shard_lengths: bool = True) -> RecordSet:
+        key = (train_shards, validation_shards, shard_lengths)
+        if key not in written:
+            written[key] = write_records(
+                os.fspath(tmp_path_factory.mktemp("few_shards")),
+                num_shards={records.TRAIN: train_shards, records.VALIDATION: validation_shards},
+                shard_lengths=shard_lengths,
+            )
+        return written[key]
+
+    return get
+
+
+def in_record_order(rs: RecordSet, split: str) -> list:
+    """The examples of `split` as the shards hold them, shard after shard."""
+    num_shards = rs.num_shards[split]
+    return [e for shard in range(num_shards) for e in rs.examples[split][shard::num_shards]]
+
+
+@pytest.mark.parametrize("shard_lengths", [True, False], ids=["shard_lengths", "counted"])
+@pytest.mark.parametrize(
+    "num_shards,num_pipelines,replicas_per_pipeline",
+    [(1, 2, 1), (1, 3, 1), (2, 3, 1), (1, 2, 2), (2, 3, 2)],
+)
+def test_eval_with_fewer_shards_than_pipelines_covers_every_example_once(
+    few_shards, num_shards, num_pipelines, replicas_per_pipeline, shard_lengths
+):
+    rs = few_shards(4, num_shards, shard_lengths)
+    found, num_batches = [], []
+    for pipeline_id in range(num_pipelines):
+        context = tf.distribute.InputContext(
+            num_input_pipelines=num_pipelines, input_pipeline_id=pipeline_id,
+            num_replicas_in_sync=num_pipelines * replicas_per_pipeline)
+        batches = eval_batches(rs, batch_size=2, input_context=context)
+        num_batches.append(len(batches))
+        for images, labels in batches:
+            padding = labels.numpy() == dataset_lib.PADDING_LABEL
+            assert not np.any(images.numpy()[padding]), "padding images should be zeros"
+            found += [e for e, _ in identify(rs, records.VALIDATION, images, labels)]
+    assert sorted(e.filename for e in found) == sorted(
+        e.filename for e in rs.examples[records.VALIDATION])
+    # 13 examples dealt one at a time: at most ceil(13 / n) per pipeline, in
+    # batches of 2, and whole steps for its replicas.
+    most = math.ceil(math.ceil(13 / num_pipelines) / 2)
+    expected = math.ceil(most / replicas_per_pipeline) * replicas_per_pipeline
+    assert num_batches == [expected] * num_pipelines
+
+
+def test_eval_pipelines_left_without_records_yield_padding_in_step(tmp_path):
+    rs = write_records(os.fspath(tmp_path), examples_per_split={records.VALIDATION: 2},
+                       num_shards={records.VALIDATION: 1})
+    labels = [
+        np.concatenate([labels.numpy() for _, labels in eval_batches(
+            rs, batch_size=2, input_context=input_context(3, pipeline_id))])
+        for pipeline_id in range(3)
+    ]
+    assert [x.tolist() for x in labels] == [[0, -1], [1, -1], [-1, -1]]
+
+
+@pytest.mark.parametrize("num_shards,num_pipelines", [(1, 2), (2, 3)])
+def test_training_with_fewer_shards_than_pipelines_shards_by_record(
+    few_shards, caplog, num_shards, num_pipelines
+):
+    # The cached path reads through the same interleave.
+    rs = few_shards(num_shards, 1)
+    order = in_record_order(rs, records.TRAIN)
+    for pipeline_id in range(num_pipelines):
+        ds = create_dataset(
+            rs.data_dir, records.TRAIN, batch_size=4, image_size=IMAGE_SIZE, training=True,
+            input_context=input_context(num_pipelines, pipeline_id), seed=0)
+        # 60 draws from 6 or 9 records: each shows up, however shuffled.
+        found = {e for images, labels in ds.take(15)
+                 for e, _ in identify(rs, records.TRAIN, images, labels)}
+        assert found == set(order[pipeline_id::num_pipelines])
+    assert (f"the train split has {num_shards} shards in {rs.data_dir}, fewer than the "
+            f"{num_pipelines} input pipelines: each reads the whole split") in caplog.text
+    assert {r.levelname for r in caplog.records if "input pipelines" in r.getMessage()} == {
+        "WARNING"}
+
+
+def test_training_refuses_an_input_pipeline_left_without_records(tiny_records):
+    with pytest.raises(ValueError) as error:
+        create_dataset(tiny_records.data_dir, records.TRAIN, batch_size=2, image_size=IMAGE_SIZE,
+                       training=True, input_context=input_context(20, 0))
+    message = str(error.value)
+    assert "\n" not in message
+    assert re.fullmatch(
+        r"the train split in \S+ has 18 examples in 4 shards, which leaves input pipeline 18 "
+        r"of 20 none to train on: convert more images or train on fewer workers or hosts",
+        message), message
+
+
+def test_shard_lengths_that_do_not_match_the_shards_are_a_clear_error(tmp_path):
+    rs = write_records(os.fspath(tmp_path))
+    path = os.path.join(rs.data_dir, records.INFO_FILE)
+    with open(path) as f:
+        raw = json.load(f)
+    raw["splits"][records.VALIDATION]["shard_lengths"] = [5, 4]
+    records.write_json(path, raw)
+    with pytest.raises(ValueError) as error:
+        eval_batches(rs, batch_size=2)
+    assert re.fullmatch(
+        r"found 3 validation shards in \S+ but dataset_info.json has shard_lengths for 2: an "
+        r"interrupted conversion or copy\? Convert or copy again", str(error.value)
+    ), str(error.value)
+
+
+def test_with_shard_lengths_counts_only_the_splits_dataset_info_lacks(tmp_path, monkeypatch):
+    old = write_records(os.fspath(tmp_path / "old"), shard_lengths=False)
+    new = write_records(os.fspath(tmp_path / "new"))
+    old_info, new_info = (records.read_dataset_info(rs.data_dir) for rs in (old, new))
+    assert old_info.shard_lengths == {}
+    assert new_info.shard_lengths == {records.TRAIN: (5, 5, 4, 4), records.VALIDATION: (5, 4, 4)}
+    assert records.with_shard_lengths(old_info, old.data_dir) == new_info
+
+    # Lengths already listed are checked against the files, never counted again.
+    def no_counting(path):
+        raise AssertionError(f"counted {path}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(records, "_count_records", no_counting)
+        assert records.with_shard_lengths(new_info, new.data_dir) == new_info
+
+    # A shard cut short (an interrupted copy) is named.
+    shard = os.path.join(old.data_dir, records.shard_name(records.VALIDATION, 1, 3))
+    os.truncate(shard, os.path.getsize(shard) - 10)
+    with pytest.raises(ValueError, match=rf"^{re.escape(shard)} ends inside its record 4: an "
+                                         "interrupted conversion or copy"):
+        records.with_shard_lengths(old_info, old.data_dir)
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):
@@ -291,12 +418,13 @@ def test_reads_records_on_gcs(gcs_emulator, gcs_dir):
         from input_pipeline.dataset import create_dataset
         from tests.record_fixtures import write_records
 
-        rs = write_records(sys.argv[1])
+        rs = write_records(sys.argv[1], shard_lengths=False)
         common = dict(batch_size=4, image_size=8)
         batches = list(create_dataset(rs.data_dir, records.VALIDATION, training=False, **common))
         real = sum(int((labels >= 0).numpy().sum()) for _, labels in batches)
         train = create_dataset(rs.data_dir, records.TRAIN, training=True, **common)
-        print(real, next(iter(train))[0].shape)
+        info = records.with_shard_lengths(records.read_dataset_info(rs.data_dir), rs.data_dir)
+        print(real, next(iter(train))[0].shape, info.shard_lengths[records.VALIDATION])
         """
     )
     proc = subprocess.run(
@@ -308,4 +436,4 @@ def test_reads_records_on_gcs(gcs_emulator, gcs_dir):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-4000:] + gcs_emulator.diagnostics()
-    assert proc.stdout.split() == ["13", "(4,", "8,", "8,", "3)"]
+    assert proc.stdout.split() == ["13", "(4,", "8,", "8,", "3)", "(5,", "4,", "4)"]
