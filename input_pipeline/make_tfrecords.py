@@ -20,16 +20,20 @@ Images. Each one is decoded to 3-channel RGB (alpha composited over black,
 shrunk so its longer side is at most --max_image_side (default 512: the real
 images reach 3652 px, a classifier trained at 224 px gains nothing from more,
 and 512 leaves room for random crops and zoom), and re-encoded as JPEG.
-Files that cannot be used (not an image, empty, truncated, over 50 megapixels)
-are skipped and reported with a reason. Byte-identical copies: the first in
+Files that cannot be used (not an image, empty, truncated, over 50 megapixels,
+a broken symlink, a name that is not UTF-8) are skipped and reported with a
+reason; symlinked class folders and files are followed. Byte-identical copies: the first in
 sorted order (class, then file name) is kept and the others are reported as
 skipped duplicates, so a copy can never land in both splits.
 
 Output. OUT receives `train-00000-of-00008.tfrecord` ...,
 `validation-00000-of-00001.tfrecord` ..., `labels.txt` and, written last,
-`dataset_info.json`. Each shard is written under a hidden temporary name and
+`dataset_info.json`, which lists each split's records per shard
+(`shard_lengths`). Each shard is written under a hidden temporary name and
 renamed when complete, so an interrupted run never leaves a shard that looks
-complete. OUT may be any tf.io.gfile path (local, gs://, ram://).
+complete. OUT may be any tf.io.gfile path (local, gs://, ram://) but not IN's
+class folders or a folder inside them; before any image is read, it is refused
+if not empty (without --overwrite) and proven writable with a probe file.
 
 Work. This process lists the files, de-duplicates them and plans, from the
 sorted listing and --seed alone, which file goes to which split, shard and
@@ -54,6 +58,7 @@ import posixpath
 import random
 import signal
 import sys
+import unicodedata
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -77,6 +82,17 @@ DEFAULT_MAX_IMAGE_SIDE = 512
 MAX_PIXELS = 50_000_000
 TMP_PREFIX = ".tmp-"
 DATASET_NAME = "plant_seedlings"
+# Bounds of the options. Seeds: the trainer's (trainer/config.py), so one seed
+# works end to end. Shards: far past any useful count (the real set fits in 8)
+# and within the five digits of the shard names. Image side: below the
+# trainer's smallest --image_size a stored image could only be upscaled; above
+# 65500 px JPEG cannot store it. Workers: past a few per core, more processes
+# only cost memory, and an unbounded count would start one per image.
+MAX_SEED = 2**31 - 1
+MAX_SHARDS = 10_000
+MIN_IMAGE_SIDE = 32
+JPEG_MAX_SIDE = 65_500
+WORKERS_PER_CORE = 4
 # Images per task sent to a worker, and tasks in flight per worker: enough to
 # keep workers busy while a big image holds the head of the ordered stream,
 # few enough to keep memory flat (about 64 encoded images per worker).
@@ -90,43 +106,52 @@ class ConversionError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class ConvertOptions:
-    """How to convert; the one place of the defaults, the CLI's included."""
+    """How to convert; the one place of the defaults and bounds, the CLI's included."""
 
-    num_shards: int = 8  # train shards; validation gets proportionally fewer, >= 1
+    num_shards: int = 8  # train shards; validation gets proportionally fewer, at least 1
     validation_fraction: float = 0.1  # share of each class held out, in (0, 1)
     seed: int = 0  # fixes the split and the record order (not the worker count)
     max_image_side: int = DEFAULT_MAX_IMAGE_SIDE  # longer side limit; 0 keeps the size
-    jpeg_quality: int = 95  # 1..100
+    jpeg_quality: int = 95
     num_workers: int | None = None  # processes decoding images; None: all cores
     overwrite: bool = False  # replace the converted files of an earlier run
     show_progress: bool = True  # tqdm bars on stderr, when it is a terminal
 
     def check(self) -> None:
-        """Raises ConversionError naming the first bad value."""
-        if self.num_shards < 1:
-            raise ConversionError(f"--num_shards must be >= 1, got {self.num_shards}")
+        """Raises ConversionError naming the first bad value and its range."""
+        _check_range("--num_shards", self.num_shards, 1, MAX_SHARDS)
+        # Written so that NaN, which fails every comparison, is refused too.
         if not 0.0 < self.validation_fraction < 1.0:
             raise ConversionError(
                 "--validation_fraction must be in (0, 1), "
                 f"got {self.validation_fraction}"
             )
-        if self.max_image_side < 0:
-            raise ConversionError(
-                f"--max_image_side must be >= 0 (0 keeps full size), got {self.max_image_side}"
-            )
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ConversionError(f"--jpeg_quality must be in 1..100, got {self.jpeg_quality}")
-        if self.num_workers is not None and self.num_workers < 1:
-            raise ConversionError(f"--num_workers must be >= 1, got {self.num_workers}")
+        _check_range("--seed", self.seed, 0, MAX_SEED)
+        if self.max_image_side != 0:
+            _check_range("--max_image_side", self.max_image_side, MIN_IMAGE_SIDE,
+                         JPEG_MAX_SIDE, "0 (full size) or ")
+        _check_range("--jpeg_quality", self.jpeg_quality, 1, 100)
+        if self.num_workers is not None:
+            cores = _usable_cores()
+            _check_range("--num_workers", self.num_workers, 1, WORKERS_PER_CORE * cores,
+                         suffix=f" ({WORKERS_PER_CORE} per usable core, {cores} cores)")
 
     def workers(self) -> int:
-        if self.num_workers:
-            return self.num_workers
-        # The cores this process may use (a container's CPU set), where the
-        # platform can tell, rather than all of the host's.
-        if hasattr(os, "sched_getaffinity"):
-            return len(os.sched_getaffinity(0))
-        return os.cpu_count() or 1
+        return self.num_workers or _usable_cores()
+
+
+def _check_range(
+    flag: str, value: int, low: int, high: int, prefix: str = "", suffix: str = ""
+) -> None:
+    if not low <= value <= high:
+        raise ConversionError(f"{flag} must be {prefix}in {low}..{high}{suffix}, got {value}")
+
+
+def _usable_cores() -> int:
+    """The cores this process may use: a container's CPU set, not all of the host's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------
@@ -141,12 +166,17 @@ class SourceImage:
     class_name: str
 
 
+Skipped = tuple[SourceImage, str]  # a file left out, and why
+
+
 @dataclasses.dataclass(frozen=True)
 class InputLayout:
     """What `find_classes` found in the input folder."""
 
+    root: str  # the folder holding the class folders: input_dir or input_dir/train
     class_names: tuple[str, ...]
-    sources: tuple[SourceImage, ...]  # every file of every class, sorted
+    sources: tuple[SourceImage, ...]  # every usable file of every class, sorted
+    unusable: tuple[Skipped, ...]  # broken symlinks, names not UTF-8...: skipped, and why
     non_class_folders: tuple[dict[str, str], ...]
 
 
@@ -159,21 +189,76 @@ def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _shown(path: str) -> str:
+    """`path` as printable text: bytes that are not UTF-8 appear as `\\xff`.
+
+    Python hands such names over with lone surrogates, which UTF-8 encoding
+    refuses: in a record, on stdout and in TensorFlow's paths.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """What `entry` is, symlinks followed: "dir", "file" or "other" (a broken link, a pipe)."""
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "file"
+    except OSError:  # a symlink loop: only a missing target comes back as False
+        pass
+    return "other"
+
+
+def _why_unusable(entry: os.DirEntry) -> str | None:
+    """Why an entry of a class folder cannot be read, or None for a regular file."""
+    if _kind(entry) == "file":
+        return None if _shown(entry.name) == entry.name else "file name is not UTF-8: rename it"
+    if entry.is_symlink():  # and neither file nor folder: dangling, or a loop
+        try:
+            os.stat(entry.path)
+        except OSError as error:
+            return f"broken symlink: to {_shown(os.readlink(entry.path))} ({error.strerror})"
+    return "not a regular file"
+
+
+def _check_class_name(root: str, name: str) -> None:
+    # A class name is a line of labels.txt and UTF-8 text in every record.
+    if _shown(name) != name or any(unicodedata.category(c) == "Cc" for c in name):
+        raise ConversionError(
+            f"class folder {name!r} in {_shown(root)} has a name that is not UTF-8 or "
+            "holds a control character (a line break?): rename it"
+        )
+
+
+def _check_no_tilde(path: str, flag: str) -> None:
+    # A shell expands ~ only at the start of a word, so `--flag=~/x` arrives
+    # as is: an input "does not exist", an output would land in ./~/x.
+    if path.startswith("~"):
+        raise ConversionError(
+            f"{flag}={path} starts with ~, which the shell does not expand after '=': "
+            f"write {flag} {path} (a space, no '=') or use $HOME"
+        )
+
+
 def _check_input_dir(input_dir: str) -> None:
+    from input_pipeline import storage
+
+    _check_no_tilde(input_dir, "--input_dir")
     if "://" in input_dir:
         raise ConversionError(f"--input_dir must be a local folder, got {input_dir}")
-    if not os.path.exists(input_dir):
-        raise ConversionError(f"--input_dir {input_dir} does not exist")
-    if not os.path.isdir(input_dir):
-        raise ConversionError(f"--input_dir {input_dir} is not a folder")
+    try:
+        storage.check_input_dir(input_dir, "--input_dir")
+    except storage.PathError as error:
+        raise ConversionError(str(error)) from error
     if not _visible_entries(input_dir):
-        raise ConversionError(f"--input_dir {input_dir} is empty")
+        raise ConversionError(f"--input_dir={input_dir} is empty")
 
 
 def _no_class_error(root: str, non_class: list[dict[str, str]]) -> ConversionError:
     found = "; ".join(f"{d['folder']}/ {d['reason']}" for d in non_class) or "no subfolders"
     hint = ""
-    if any(e.is_file() and _is_image_name(e.name) for e in _visible_entries(root)):
+    if any(_kind(e) == "file" and _is_image_name(e.name) for e in _visible_entries(root)):
         hint = " (it holds images directly: point --input_dir at the folder above it)"
     return ConversionError(
         f"no class folders in {root}{hint}: a class folder is a subfolder that "
@@ -187,14 +272,20 @@ def find_classes(input_dir: str) -> InputLayout:
     root = os.path.join(input_dir, KAGGLE_TRAIN_FOLDER)
     if not os.path.isdir(root):
         root = input_dir
-    rel = lambda path: os.path.relpath(path, input_dir).replace(os.sep, "/")
-    class_files: dict[str, list[str]] = {}
+    rel = lambda path: _shown(os.path.relpath(path, input_dir).replace(os.sep, "/"))
+    class_files: dict[str, list[os.DirEntry]] = {}
     non_class: list[dict[str, str]] = []
-    for folder in (e for e in _visible_entries(root) if e.is_dir()):
+    for folder in _visible_entries(root):
+        if _kind(folder) != "dir":
+            if _kind(folder) == "other" and folder.is_symlink():
+                reason = "is a broken symlink; not read"
+                non_class.append({"folder": rel(folder.path), "reason": reason})
+            continue  # a file beside the classes, such as a Kaggle csv
         entries = _visible_entries(folder.path)
-        files = [e.path for e in entries if e.is_file()]
-        subfolders = [e.path for e in entries if e.is_dir()]
-        if any(_is_image_name(f) for f in files):
+        files = [e for e in entries if _kind(e) != "dir"]
+        subfolders = [e.path for e in entries if _kind(e) == "dir"]
+        if any(_kind(e) == "file" and _is_image_name(e.name) for e in files):
+            _check_class_name(root, folder.name)
             class_files[folder.name] = files
             reason = "is inside a class folder; not read"
             non_class += [{"folder": rel(s), "reason": reason} for s in subfolders]
@@ -206,12 +297,17 @@ def find_classes(input_dir: str) -> InputLayout:
     if not class_files:
         raise _no_class_error(root, non_class)
     names = tuple(sorted(class_files))
-    sources = tuple(
-        SourceImage(path=p, rel=rel(p), label=label, class_name=name)
-        for label, name in enumerate(names)
-        for p in class_files[name]
-    )
-    return InputLayout(names, sources, tuple(non_class))
+    sources, unusable = [], []
+    for label, name in enumerate(names):
+        for entry in class_files[name]:
+            source = SourceImage(path=entry.path, rel=rel(entry.path), label=label,
+                                 class_name=name)
+            reason = _why_unusable(entry)
+            if reason is None:
+                sources.append(source)
+            else:
+                unusable.append((source, reason))
+    return InputLayout(root, names, tuple(sources), tuple(unusable), tuple(non_class))
 
 
 # ---------------------------------------------------------------------------
@@ -233,6 +329,10 @@ def _skip_reason(error: Exception) -> str:
         return "not an image: PIL cannot identify the format"
     if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return f"decompression bomb: {error}"
+    if isinstance(error, OSError) and error.errno is not None:
+        # The file system's error (PIL's own OSErrors carry no errno): e.g. a
+        # file removed or made unreadable after it was listed.
+        return f"unreadable: {error.strerror}"
     if isinstance(error, OSError) and "truncated" in str(error):
         return f"truncated: {error}"
     return f"corrupt: {type(error).__name__}: {error}"
@@ -258,15 +358,15 @@ def _probe(path: str) -> tuple[bytes | None, str | None]:
 
     Only the header is decoded here; truncation is caught in `_encode`.
     """
-    if os.path.getsize(path) == 0:
-        return None, "empty file"
     try:
+        if os.path.getsize(path) == 0:
+            return None, "empty file"
         _open_checked(path).close()
+        with open(path, "rb") as f:
+            # Streams the file, so a huge file costs no memory.
+            return hashlib.file_digest(f, "sha256").digest(), None
     except Exception as error:  # noqa: BLE001 - see _encode
         return None, _skip_reason(error)
-    with open(path, "rb") as f:
-        # Streams the file, so a huge file costs no memory.
-        return hashlib.file_digest(f, "sha256").digest(), None
 
 
 def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
@@ -317,6 +417,9 @@ def _encode(task: tuple[str, int, int]) -> EncodedImage | str:
         # input (OSError, SyntaxError, struct.error, ValueError...). A failure
         # confined to one file must be reported, not end a long run.
         return _skip_reason(error)
+    if max(rgb.size) > JPEG_MAX_SIDE:  # only with --max_image_side=0
+        return (f"too large: {rgb.width}x{rgb.height} px, JPEG stores at most "
+                f"{JPEG_MAX_SIDE} px a side; pass --max_image_side")
     buffer = io.BytesIO()
     rgb.save(buffer, "JPEG", quality=quality)
     histogram = np.asarray(rgb.histogram(), dtype=np.int64)
@@ -360,7 +463,7 @@ def _ordered_map(
         return
     pending: collections.deque = collections.deque()
     for chunk in _chunks(items, _CHUNK_SIZE):
-        with _sigint_blocked():  # submit may spawn a worker
+        with _stop_signals_blocked():  # submit may spawn a worker
             pending.append(executor.submit(_run_chunk, fn, chunk))
         if len(pending) >= _CHUNKS_IN_FLIGHT_PER_WORKER * num_workers:
             yield from pending.popleft().result()
@@ -369,17 +472,19 @@ def _ordered_map(
 
 
 @contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Blocks Ctrl-C in this thread; a worker spawned meanwhile inherits the block.
+def _stop_signals_blocked() -> Iterator[None]:
+    """Blocks Ctrl-C and SIGTERM in this thread; a worker spawned meanwhile inherits the block.
 
-    Ctrl-C in a terminal signals the whole process group. Only the parent
-    should act on it (remove the shard in progress, stop the pool). A worker
-    that got it would print its own traceback, even while still importing,
-    before any pool initializer could ignore it. The pool spawns workers on
-    demand, inside submit, so each submit runs blocked; a Ctrl-C arriving
-    meanwhile reaches the parent when the block lifts.
+    Ctrl-C in a terminal signals the whole process group, and so may a
+    SIGTERM (a scheduler, `docker stop`). Only the parent should act on them
+    (remove the shard in progress, stop the pool). A worker that got Ctrl-C
+    would print its own traceback, even while still importing, before any
+    pool initializer could ignore it; one ended by SIGTERM would break the
+    pool under the parent. The pool spawns workers on demand, inside submit,
+    so each submit runs blocked; a signal arriving meanwhile reaches the
+    parent when the block lifts.
     """
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT, signal.SIGTERM])
     try:
         yield
     finally:
@@ -417,9 +522,6 @@ def _progress(total: int, description: str, enabled: bool) -> tqdm.tqdm:
 
 # ---------------------------------------------------------------------------
 # Scanning, de-duplicating and planning (parent process).
-
-
-Skipped = tuple[SourceImage, str]  # a file left out, and why
 
 
 def _scan(
@@ -514,18 +616,76 @@ def plan_shards(
 # Writing (parent process; the only process that touches the output folder).
 
 
-def _check_output_dir(output_dir: str, overwrite: bool) -> None:
-    import tensorflow as tf
+def _check_outside_class_folders(output_dir: str, class_root: str) -> None:
+    """Refuses an output folder that is the class root or inside it.
 
-    if not tf.io.gfile.exists(output_dir):
-        return
-    if not tf.io.gfile.isdir(output_dir):
-        raise ConversionError(f"--output_dir {output_dir} is a file, not a folder")
-    if tf.io.gfile.listdir(output_dir) and not overwrite:
+    There, the records would mix with the photographs, and the next
+    conversion would read them as a class folder or as bad images. Beside or
+    above the class folders is fine (a Kaggle root IN, or IN/records beside
+    IN/train): the converter writes and removes only its own file names at
+    the top of --output_dir, never in the subfolders that hold the photographs.
+    """
+    if not output_dir or "://" in output_dir:
+        return  # empty: storage says so; remote: the input is local, so no overlap
+    out, root = os.path.realpath(output_dir), os.path.realpath(class_root)
+    if os.path.commonpath([out, root]) == root:
+        suggestion = os.path.join(os.path.dirname(os.path.abspath(class_root)), "records")
         raise ConversionError(
-            f"--output_dir {output_dir} is not empty; pass --overwrite to replace "
-            "the converted data in it"
+            f"--output_dir={output_dir} is inside the class folders of --input_dir "
+            f"({class_root}): the records would land among the photographs; pass a "
+            f"folder outside it, e.g. --output_dir={suggestion}"
         )
+
+
+def _check_output_dir(output_dir: str, class_root: str, overwrite: bool) -> None:
+    """Refuses, before any image is read, an output folder that cannot work.
+
+    The not-empty refusal comes before anything is created; then a probe file
+    proves the folder (or the bucket) exists and grants writes.
+    """
+    import tensorflow as tf
+    from input_pipeline import storage
+
+    _check_no_tilde(output_dir, "--output_dir")
+    _check_outside_class_folders(output_dir, class_root)
+    if _shown(output_dir) != output_dir:
+        raise ConversionError(
+            f"--output_dir={_shown(output_dir)} is not UTF-8, which TensorFlow's file "
+            "system needs: pass another folder"
+        )
+    try:
+        if not overwrite and tf.io.gfile.isdir(output_dir) and tf.io.gfile.listdir(output_dir):
+            raise ConversionError(
+                f"--output_dir={output_dir} is not empty; pass --overwrite to replace "
+                "the converted data in it"
+            )
+        storage.check_output_dir(output_dir, "--output_dir")
+    except storage.PathError as error:
+        raise ConversionError(str(error)) from error
+    except tf.errors.OpError as error:
+        raise ConversionError(
+            f"--output_dir={output_dir} cannot be read ({storage.first_line(error)})"
+        ) from error
+
+
+@contextlib.contextmanager
+def _writing(output_dir: str) -> Iterator[None]:
+    """Turns a failed write (disk full, a folder where a file goes) into one line.
+
+    The folder was writable at start-up, so this is rare and late; shards are
+    renamed only when complete and dataset_info.json is written last, so what
+    is left does not look like a finished data set.
+    """
+    import tensorflow as tf
+    from input_pipeline import storage
+
+    try:
+        yield
+    except tf.errors.OpError as error:
+        raise ConversionError(
+            f"writing to --output_dir={output_dir} failed ({storage.first_line(error)}); "
+            "complete shards are kept, dataset_info.json is not written"
+        ) from error
 
 
 def _remove_old_outputs(output_dir: str) -> None:
@@ -577,6 +737,7 @@ class _Tally:
     """Running totals of what was written; flat in the size of the data set."""
 
     class_counts: dict[str, collections.Counter]  # split -> label -> examples
+    shard_lengths: dict[str, list[int]]  # split -> records in each shard, in index order
     statistics_split: str  # whose pixels make mean and std
     histogram: np.ndarray
     skipped: list[Skipped]
@@ -620,6 +781,7 @@ def _write_shards(
     with _progress(total, "converting", options.show_progress) as bar:
         for shard in plan:
             name = records.shard_name(shard.split, shard.index, shard.num_shards)
+            length = 0
             with _atomic_shard(output_dir, name) as writer:
                 for source, result in zip(shard.sources, results):
                     bar.update()
@@ -628,6 +790,10 @@ def _write_shards(
                         continue
                     writer.write(_example_bytes(source, result))
                     tally.add(shard.split, source, result)
+                    length += 1
+            # Counted as written, so files skipped while encoding are not in
+            # it: readers size the data set without reading every shard.
+            tally.shard_lengths[shard.split].append(length)
 
 
 # ---------------------------------------------------------------------------
@@ -658,11 +824,12 @@ def _dataset_info(
         splits[split] = {
             "num_examples": sum(counts.values()),
             "num_shards": sum(1 for shard in plan if shard.split == split),
+            "shard_lengths": tally.shard_lengths[split],
             "class_counts": {n: counts[i] for i, n in enumerate(layout.class_names)},
         }
     return {
         "name": DATASET_NAME,
-        "source": input_dir,
+        "source": _shown(input_dir),
         "class_names": list(layout.class_names),
         "splits": splits,
         "image": {
@@ -740,19 +907,23 @@ def convert(input_dir: str, output_dir: str, **options: Any) -> dict[str, Any]:
     options = ConvertOptions(**options)
     options.check()
     layout = find_classes(input_dir)
-    _check_output_dir(output_dir, options.overwrite)
+    _check_output_dir(output_dir, layout.root, options.overwrite)
     with _executor(min(options.workers(), len(layout.sources))) as executor:
         kept, skipped = _scan(layout.sources, executor, options)
+        skipped = [*layout.unusable, *skipped]
         counts = collections.Counter(s.label for s in kept)
         _check_every_class_has_images(layout.class_names, counts, skipped)
         plan = plan_shards(kept, len(layout.class_names), options)
         tally = _new_tally(skipped)
-        _prepare_output_dir(output_dir, options.overwrite)
-        _write_shards(plan, output_dir, executor, options, tally)
+        with _writing(output_dir):
+            if options.overwrite:
+                _remove_old_outputs(output_dir)
+            _write_shards(plan, output_dir, executor, options, tally)
     written = sum(tally.class_counts.values(), collections.Counter())
     _check_every_class_has_images(layout.class_names, written, tally.skipped)
     info = _dataset_info(input_dir, layout, plan, options, tally)
-    _write_metadata(output_dir, layout.class_names, info)
+    with _writing(output_dir):
+        _write_metadata(output_dir, layout.class_names, info)
     return info
 
 
@@ -760,15 +931,8 @@ def _new_tally(skipped: list[Skipped]) -> _Tally:
     from input_pipeline import records
 
     counts = {split: collections.Counter() for split in records.SPLITS}
-    return _Tally(counts, records.TRAIN, np.zeros(3 * 256, dtype=np.int64), skipped)
-
-
-def _prepare_output_dir(output_dir: str, overwrite: bool) -> None:
-    import tensorflow as tf
-
-    if overwrite:
-        _remove_old_outputs(output_dir)
-    tf.io.gfile.makedirs(output_dir)
+    lengths: dict[str, list[int]] = {split: [] for split in records.SPLITS}
+    return _Tally(counts, lengths, records.TRAIN, np.zeros(3 * 256, dtype=np.int64), skipped)
 
 
 def _write_metadata(output_dir: str, class_names: Sequence[str], info: dict[str, Any]) -> None:
@@ -805,7 +969,7 @@ def _define_flags() -> None:
     )
     flags.DEFINE_integer(
         "num_shards", defaults.num_shards,
-        "Number of train shards, >= 1 (capped at the number of examples); "
+        f"Number of train shards, 1..{MAX_SHARDS} (capped at the number of examples); "
         "validation gets proportionally fewer, at least 1.",
         **main,
     )
@@ -816,13 +980,15 @@ def _define_flags() -> None:
         **main,
     )
     flags.DEFINE_integer(
-        "seed", defaults.seed, "Seed of the train/validation split and of the record order.",
+        "seed", defaults.seed,
+        f"Seed of the train/validation split and of the record order, 0..{MAX_SEED}.",
         **main,
     )
     flags.DEFINE_integer(
         "max_image_side", defaults.max_image_side,
         "Shrink images so that the longer side is at most this many pixels, "
-        "keeping the aspect ratio; 0 keeps the original size.",
+        f"keeping the aspect ratio: {MIN_IMAGE_SIDE}..{JPEG_MAX_SIDE}, or 0 to keep the "
+        "original size.",
         **main,
     )
     flags.DEFINE_integer(
@@ -830,8 +996,8 @@ def _define_flags() -> None:
     )
     flags.DEFINE_integer(
         "num_workers", None,
-        "Processes decoding and encoding images, >= 1; default all cores. "
-        "1 works in this process.",
+        f"Processes decoding and encoding images, 1 to {WORKERS_PER_CORE} per usable core; "
+        "default one per core. 1 works in this process.",
         **main,
     )
     flags.DEFINE_boolean(
@@ -844,6 +1010,12 @@ def _define_flags() -> None:
 
 def _fail(message: str) -> None:
     sys.exit(f"make_tfrecords: error: {message}")
+
+
+def _stop(signum: int, frame: Any) -> None:
+    # SIGTERM (kill, a scheduler) stops the run as Ctrl-C does. By default it
+    # would end this process alone, leaving its workers waiting forever.
+    raise KeyboardInterrupt
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -878,6 +1050,7 @@ def run() -> None:
     # on import, so that an error stays the one line the user needs.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    signal.signal(signal.SIGTERM, _stop)
     _define_flags()
     app.run(main, flags_parser=_parse_flags)
 

@@ -624,41 +624,112 @@ def generate(output_dir: str, images_per_class: int = DEFAULT_IMAGES_PER_CLASS, 
     return train_dir
 
 
+# The real classes hold a few hundred images each; past this (120,000 images,
+# most of an hour of drawing) a typo is likelier than a wish.
+MAX_IMAGES_PER_CLASS = 10_000
+
+
 def _define_flags() -> None:
     # Defined when the command line starts rather than at import, so modules
     # that import `generate` (e.g. the trainer) do not inherit these flags or
     # clash on --seed. Keyed to the program being run so that `--help` lists
     # them for the `seedlings-synthetic` console script too, not only `-m`.
+    from input_pipeline.make_tfrecords import MAX_SEED  # one seed range end to end
+
     program = sys.argv[0]
     flags.DEFINE_string(
-        "output_dir", None, "Folder to write; images go to OUTPUT_DIR/train/<Class Name>/*.png.",
+        "output_dir", None,
+        "Local folder to write; images go to OUTPUT_DIR/train/<Class Name>/*.png. It must "
+        "not hold other images there (a real data set, another seed's).",
         module_name=program,
     )
     flags.DEFINE_integer(
-        "images_per_class", DEFAULT_IMAGES_PER_CLASS, "Images to write for each of the 12 classes.",
-        lower_bound=1, module_name=program,
+        "images_per_class", DEFAULT_IMAGES_PER_CLASS,
+        f"Images to write for each of the 12 classes, 1..{MAX_IMAGES_PER_CLASS}.",
+        lower_bound=1, upper_bound=MAX_IMAGES_PER_CLASS, module_name=program,
     )
     flags.DEFINE_integer(
-        "seed", 0, "Random seed; the same seed writes byte-identical files.",
-        lower_bound=0, module_name=program,
+        "seed", 0, f"Random seed, 0..{MAX_SEED}; the same seed writes byte-identical files.",
+        lower_bound=0, upper_bound=MAX_SEED, module_name=program,
     )
     flags.mark_flag_as_required("output_dir")
 
 
+def _fail(message: str) -> None:
+    sys.exit(f"synthetic: error: {message}")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    # absl's default parser prints two lines; users get one line naming the flag.
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        _fail(str(error))
+
+
+def _foreign_images(train_dir: str, images_per_class: int, seed: int) -> list[str]:
+    """Images under `train_dir` that this run would not write.
+
+    Writing among them would mix synthetic seedlings into a real data set (or
+    into another seed's), which nothing downstream could tell apart, and
+    could overwrite a real photograph whose name happens to match.
+    """
+    foreign = []
+    for class_index, name in enumerate(CLASS_NAMES):
+        ours = {file_name(seed, class_index, i) for i in range(images_per_class)}
+        class_dir = os.path.join(train_dir, name)
+        if os.path.isdir(class_dir):
+            foreign += [os.path.join(name, f) for f in sorted(os.listdir(class_dir)) if f not in ours]
+    return foreign
+
+
+def _check_output_dir(output_dir: str, images_per_class: int, seed: int) -> None:
+    if "://" in output_dir:  # `generate` writes with os and PIL
+        _fail(f"--output_dir must be a local folder, got {output_dir}")
+    if output_dir.startswith("~"):  # unexpanded after '=': it would write to ./~/
+        _fail(f"--output_dir={output_dir} starts with ~, which the shell does not expand "
+              "after '=': write --output_dir ~/... (a space, no '=') or use $HOME")
+    # TensorFlow (through `storage`) only for the command line: `generate`
+    # itself stays PIL and numpy.
+    from input_pipeline import storage
+
+    try:
+        storage.check_output_dir(output_dir, "--output_dir")
+    except storage.PathError as error:
+        _fail(str(error))
+    except UnicodeEncodeError:  # TensorFlow's file system takes UTF-8 paths only
+        _fail(f"--output_dir={output_dir} is not UTF-8: pass another folder")
+    foreign = _foreign_images(os.path.join(output_dir, "train"), images_per_class, seed)
+    if foreign:
+        _fail(
+            f"--output_dir={output_dir} already holds {len(foreign)} file(s) in train/ that "
+            f"this run would not write (e.g. train/{foreign[0]}): pass an empty or new folder"
+        )
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    _check_output_dir(FLAGS.output_dir, FLAGS.images_per_class, FLAGS.seed)
     try:
         train_dir = generate(FLAGS.output_dir, FLAGS.images_per_class, FLAGS.seed)
     except OSError as error:
-        sys.exit(f"Cannot write synthetic images: {error}")
+        _fail(f"cannot write synthetic images: {error}")
+    except KeyboardInterrupt:
+        # Files are written in place, so the last may be cut short; a rerun
+        # with the same flags rewrites every file whole.
+        _fail("interrupted: the last image may be incomplete; rerun with the same flags")
     print(f"Wrote {FLAGS.images_per_class} images for each of {len(CLASS_NAMES)} classes to {train_dir}")
 
 
 def run() -> None:
     """Console entry point (`seedlings-synthetic`)."""
+    # Only the path checks import TensorFlow: keep its start-up notices off
+    # stderr, so that an error stays the one line the user needs.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     _define_flags()
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

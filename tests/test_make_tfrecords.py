@@ -7,17 +7,20 @@ minute on two cores.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import glob
 import hashlib
 import io
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -253,6 +256,17 @@ def test_channel_statistics_are_those_of_the_train_images(mixed):
     np.testing.assert_allclose(info["image"]["std"], pixels.std(axis=0), atol=0.01)
 
 
+def test_shard_lengths_are_the_records_in_each_shard(mixed):
+    _, out, info, _ = mixed
+    assert skip_reasons(info)["Beta/truncated.png"].startswith("truncated")  # skipped late
+    for split in records.SPLITS:
+        shards = sorted(glob.glob(records.shard_pattern(str(out), split)))
+        in_files = [sum(1 for _ in tf.data.TFRecordDataset(path)) for path in shards]
+        entry = info["splits"][split]
+        assert entry["shard_lengths"] == in_files
+        assert sum(in_files) == entry["num_examples"]
+
+
 # ---------------------------------------------------------------------------
 # Splits: stratified, duplicate-safe and deterministic.
 
@@ -336,8 +350,11 @@ def test_max_image_side_shrinks_keeping_the_aspect_ratio(tmp_path):
         "A/wide.png": (100, 50), "A/small.png": (40, 30),
         "B/tall.png": (33, 100), "B/tall2.png": (33, 100),
     }
-    convert(src, tmp_path / "full", num_workers=1, max_image_side=0)
+    # Kept at full size, a side over JPEG's limit cannot be stored: skipped.
+    fx.raw_png(str(src / "B" / "too_wide.png"), 65_501, 1, 8, 0, lambda: [bytes(65_501)])
+    info = convert(src, tmp_path / "full", num_workers=1, max_image_side=0)
     assert sizes(tmp_path / "full")["A/wide.png"] == (300, 150)
+    assert skip_reasons(info)["B/too_wide.png"].startswith("too large: 65501x1 px")
 
 
 def test_kaggle_root_reads_classes_from_train(tmp_path):
@@ -362,23 +379,30 @@ def test_gfile_output_path_works(tmp_path):
     assert info["splits"]["train"]["num_shards"] == 2
 
 
+def test_a_file_gone_after_listing_is_skipped_not_a_crash(tmp_path):
+    # Between the listing and a worker's open, a file can be removed.
+    gone = str(tmp_path / "gone.png")
+    assert make_tfrecords._probe(gone) == (None, "unreadable: No such file or directory")
+    assert make_tfrecords._encode((gone, 512, 95)) == "unreadable: No such file or directory"
+
+
 def test_workers_do_not_import_tensorflow():
     # Spawned workers import this module to run _probe and _encode.
     code = "import sys, input_pipeline.make_tfrecords; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([PYTHON, "-c", code], cwd=REPO).returncode == 0
 
 
-def test_workers_start_deaf_to_ctrl_c_and_the_parent_does_not():
-    # Ctrl-C signals the whole process group; a worker still importing when
-    # it lands would print a traceback of its own. Workers are spawned on
-    # demand, so every one must start with SIGINT blocked.
+def test_workers_start_deaf_to_ctrl_c_and_sigterm_and_the_parent_does_not():
+    # Ctrl-C (and a scheduler's SIGTERM) may signal the whole process group;
+    # a worker still importing when it lands would print a traceback of its
+    # own. Workers are spawned on demand, so every one must start blocked.
     blocked_signals = functools.partial(signal.pthread_sigmask, signal.SIG_BLOCK)
     with make_tfrecords._executor(2) as executor:
         worker_masks = list(
             make_tfrecords._ordered_map(blocked_signals, [[]] * 64, executor, 2)
         )
-    assert all(signal.SIGINT in mask for mask in worker_masks)
-    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert all({signal.SIGINT, signal.SIGTERM} <= mask for mask in worker_masks)
+    assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 # ---------------------------------------------------------------------------
@@ -421,6 +445,47 @@ def test_failure_mid_run_leaves_only_complete_shards(plain, tmp_path, monkeypatc
     assert sorted(os.listdir(tmp_path / "out")) == sorted(left)  # no temp file, no info
 
 
+def test_gs_output_is_checked_at_start_up_and_left_clean(gcs_emulator, gcs_dir, tmp_path):
+    # The emulator has one bucket: another name is a bucket that does not exist.
+    images = fx.make_class_folders(str(tmp_path / "in"), {"A": 3, "B": 3}, size=(8, 8))
+    # Its scan would fail: an error about the bucket shows it is checked first.
+    scan_fails = fx.make_class_folders(str(tmp_path / "no_valid"), {"A": 2}, size=(8, 8))
+    fx.not_an_image(str(tmp_path / "no_valid" / "B" / "0.png"))
+    prefix = gcs_dir.removeprefix(f"gs://{gcs_emulator.bucket}/")
+    gcs_emulator.upload_object(f"{prefix}/full/notes.txt", b"mine")
+    outputs = {"missing bucket": f"gs://no-such-{gcs_emulator.bucket}/data",
+               "not empty": f"{gcs_dir}/full", "good": f"{gcs_dir}/data"}
+    processes = {
+        name: subprocess.Popen(
+            MODULE + [f"--input_dir={images if name == 'good' else scan_fails}",
+                      f"--output_dir={out}", "--num_workers=1"],
+            cwd=REPO, env=gcs_emulator.subprocess_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        for name, out in outputs.items()
+    }
+    results = {name: p.communicate(timeout=300) + (p.returncode,) for name, p in processes.items()}
+
+    for name, message in (("missing bucket", "bucket gs://no-such-"),
+                          ("not empty", "is not empty; pass --overwrite")):
+        _, stderr, returncode = results[name]
+        assert returncode != 0 and "Traceback" not in stderr
+        [line] = stderr.strip().splitlines()
+        assert line.startswith(f"make_tfrecords: error: --output_dir={outputs[name]}")
+        assert message in line
+    assert gcs_emulator.list_objects(f"{prefix}/full") == [f"{prefix}/full/notes.txt"]
+    _, stderr, returncode = results["good"]
+    assert returncode == 0, stderr + gcs_emulator.diagnostics()
+    info = json.loads(gcs_emulator.read_object(f"{prefix}/data/{records.INFO_FILE}"))
+    expected = {records.INFO_FILE, records.LABELS_FILE}
+    for split in records.SPLITS:
+        n = info["splits"][split]["num_shards"]
+        expected |= {records.shard_name(split, i, n) for i in range(n)}
+    # No probe file of the start-up check, no temporary name, is left.
+    written = {name.removeprefix(f"{prefix}/data/")
+               for name in gcs_emulator.list_objects(f"{prefix}/data/")}
+    assert written - {""} == expected
+
+
 @pytest.fixture(scope="module")
 def slow_input(tmp_path_factory):
     """Enough noise images that a run can be stopped inside its second shard."""
@@ -432,20 +497,37 @@ def slow_input(tmp_path_factory):
     return root / "in", root / "reference", reference
 
 
+def session_processes(session: int) -> list[int]:
+    """The live (not zombie) processes of a session, from Linux's /proc."""
+    found = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat) as f:
+                state, _, _, sid = f.read().rsplit(")", 1)[1].split()[:4]
+        except OSError:  # ended meanwhile
+            continue
+        if int(sid) == session and state != "Z":
+            found.append(int(stat.split("/")[2]))
+    return found
+
+
 @pytest.mark.parametrize(
-    "stop, workers, left_behind",
+    "stop, to_group, workers, left_behind",
     [
         # Ctrl-C (to the whole process group, workers included): the parent
         # removes the shard in progress and says so in one line.
-        (signal.SIGINT, 2, []),
+        (signal.SIGINT, True, 2, []),
+        # SIGTERM to the parent alone (kill PID): the same, and its workers
+        # end with it rather than wait forever.
+        (signal.SIGTERM, False, 2, []),
         # A hard kill cannot clean up: the shard in progress stays under its
         # temporary name, which no reader matches.
-        (signal.SIGKILL, 1, [".tmp-train-00001-of-00002.tfrecord"]),
+        (signal.SIGKILL, True, 1, [".tmp-train-00001-of-00002.tfrecord"]),
     ],
-    ids=["ctrl-c", "kill"],
+    ids=["ctrl-c", "sigterm", "kill"],
 )
 def test_stopped_run_leaves_no_shard_that_looks_complete(
-    slow_input, tmp_path, stop, workers, left_behind
+    slow_input, tmp_path, stop, to_group, workers, left_behind
 ):
     src, reference_dir, reference = slow_input
     out = tmp_path / "out"
@@ -460,14 +542,18 @@ def test_stopped_run_leaves_no_shard_that_looks_complete(
         while not (out / ".tmp-train-00001-of-00002.tfrecord").exists():
             assert process.poll() is None and time.time() < deadline, "run ended too soon"
             time.sleep(0.002)
-        os.killpg(process.pid, stop)  # inside the second train shard
+        (os.killpg if to_group else os.kill)(process.pid, stop)  # inside the second shard
     finally:
         _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0
+    deadline = time.time() + 10  # multiprocessing's resource tracker ends just after
+    while session_processes(process.pid):
+        assert time.time() < deadline, f"left running: {session_processes(process.pid)}"
+        time.sleep(0.05)
     assert sorted(os.listdir(out)) == left_behind + ["train-00000-of-00002.tfrecord"]
     name = "train-00000-of-00002.tfrecord"
     assert (out / name).read_bytes() == (reference_dir / name).read_bytes()
-    if stop == signal.SIGINT:
+    if stop != signal.SIGKILL:
         assert stderr.strip() == (
             "make_tfrecords: error: interrupted: complete shards are kept, "
             "dataset_info.json is not written"
@@ -503,94 +589,285 @@ def test_class_with_no_valid_images_is_an_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# The command line, run as subprocesses all at once.
+# The command line, run as subprocesses, several at once.
 
 
-def _cli_cases(tmp) -> dict[str, tuple[list[str], str]]:
-    """name -> (command, text the one-line error must contain)."""
+def tree(root: pathlib.Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file (or target of every link) below `root`.
+
+    Empty folders are left out: a refused run may leave the output folder
+    it made, which holds nothing that could look like data.
+    """
+    found = {}
+    for folder, subfolders, files in os.walk(root):
+        for name in subfolders + files:
+            path = os.path.join(folder, name)
+            rel = os.path.relpath(path, root)
+            if os.path.islink(path):
+                found[rel] = "-> " + os.readlink(path)
+            elif os.path.isfile(path):
+                found[rel] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return found
+
+
+def _cli_cases(tmp: pathlib.Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (command, text the one-line error must contain).
+
+    A case writes only into tmp/cases/<name>, which also holds whatever input,
+    file or link it alone needs; everything else in `tmp` is shared and read only.
+    """
     good = tmp / "good"
     fx.make_class_folders(str(good), {"A": 3, "B": 3}, size=(8, 8))
     (tmp / "empty").mkdir()
     fx.make_class_folders(str(tmp / "nested" / "copy"), {"A": 1}, size=(8, 8))
-    fx.make_class_folders(str(tmp / "no_valid"), {"A": 2}, size=(8, 8))
-    fx.not_an_image(str(tmp / "no_valid" / "B" / "0.png"))
-    (tmp / "full").mkdir()
-    (tmp / "full" / "old.txt").write_text("x")
-    dirs = lambda i, o="out": [f"--input_dir={i}", f"--output_dir={tmp / o}"]
-    return {
-        "input missing": (MODULE + dirs(tmp / "nope"), "does not exist"),
-        "input empty": (MODULE + dirs(tmp / "empty"), "is empty"),
-        "no class folders": (MODULE + dirs(tmp / "nested"), "no class folders"),
-        "class without valid images": (MODULE + dirs(tmp / "no_valid"), "class 'B' has no valid"),
-        "output not empty": (MODULE + dirs(good, "full"), "not empty; pass --overwrite"),
-        "num_shards 0": (MODULE + dirs(good) + ["--num_shards=0"], "--num_shards must be >= 1"),
-        "num_shards text": (MODULE + dirs(good) + ["--num_shards=many"], "--num_shards"),
-        "fraction 1.5": (
-            MODULE + dirs(good) + ["--validation_fraction=1.5"], "--validation_fraction"
-        ),
-        "fraction 0": (MODULE + dirs(good) + ["--validation_fraction=0"], "--validation_fraction"),
-        "max side -1": (MODULE + dirs(good) + ["--max_image_side=-1"], "--max_image_side"),
-        "quality 0": (MODULE + dirs(good) + ["--jpeg_quality=0"], "--jpeg_quality"),
-        "quality 101": (MODULE + dirs(good) + ["--jpeg_quality=101"], "--jpeg_quality"),
-        "workers 0": (MODULE + dirs(good) + ["--num_workers=0"], "--num_workers"),
-        "seed text": (MODULE + dirs(good) + ["--seed=x"], "--seed"),
-        "no input flag": (MODULE + [f"--output_dir={tmp / 'out'}"], "--input_dir"),
-        "stray argument": (MODULE + dirs(good) + ["extra"], "unexpected arguments: extra"),
-        "unknown flag": (MODULE + dirs(good) + ["--shards=3"], "shards"),
-    }
+    # Output cases read an input whose scan fails: their own message shows
+    # that the output folder is checked first.
+    scan_fails = tmp / "no_valid"
+    fx.make_class_folders(str(scan_fails), {"A": 2}, size=(8, 8))
+    fx.not_an_image(str(scan_fails / "B" / "0.png"))
+    cases = {}
+
+    def own(name: str) -> pathlib.Path:
+        (tmp / "cases" / name).mkdir(parents=True, exist_ok=True)
+        return tmp / "cases" / name
+
+    def case(name: str, message: str, *flags: str, input_dir=good, output=None) -> None:
+        output = own(name) / "out" if output is None else output
+        command = MODULE + [f"--input_dir={input_dir}", f"--output_dir={output}", *flags]
+        cases[name] = (command, message)
+
+    def copy_of(source: pathlib.Path, name: str) -> pathlib.Path:
+        return pathlib.Path(shutil.copytree(source, own(name) / source.name))
+
+    case("input missing", "does not exist", input_dir=tmp / "nope")
+    case("input empty", "is empty", input_dir=tmp / "empty")
+    case("input flag empty", "--input_dir is empty", input_dir="")
+    (own("input is a file") / "photo.png").write_text("x")
+    case("input is a file", "is a file, not a folder",
+         input_dir=own("input is a file") / "photo.png")
+    (own("input dangling symlink") / "in").symlink_to(own("input dangling symlink") / "gone")
+    case("input dangling symlink", "is a symlink to",
+         input_dir=own("input dangling symlink") / "in")
+    case("input remote", "must be a local folder", input_dir="gs://b/in")
+    case("input ~ after =", "--input_dir=~/images starts with ~", input_dir="~/images")
+    case("no class folders", "no class folders", input_dir=tmp / "nested")
+    lines = own("class name with a line break") / "in"
+    fx.make_class_folders(str(lines), {"A\nB": 1, "C": 1}, size=(8, 8))
+    case("class name with a line break", "holds a control character", input_dir=lines)
+    case("class without valid images", "class 'B' has no valid", input_dir=scan_fails)
+
+    full = own("output not empty") / "full"
+    full.mkdir()
+    (full / "old.txt").write_text("x")
+    case("output not empty", "not empty; pass --overwrite", input_dir=scan_fails, output=full)
+    case("output flag empty", "--output_dir is empty", input_dir=scan_fails, output="")
+    # Unrefused, it would make ./~/records: checked in the shared-inputs test.
+    case("output ~ after =", "--output_dir=~/records starts with ~", input_dir=scan_fails,
+         output="~/records")
+    (own("output is a file") / "out").write_text("x")
+    case("output is a file", "is a file, not a folder", input_dir=scan_fails)
+    (own("output under a file") / "file").write_text("x")
+    case("output under a file", "cannot be written", input_dir=scan_fails,
+         output=own("output under a file") / "file" / "sub")
+    (own("output dangling symlink") / "out").symlink_to(own("output dangling symlink") / "gone")
+    case("output dangling symlink", "is a symlink to", input_dir=scan_fails)
+    case("output not UTF-8", "is not UTF-8", input_dir=scan_fails,
+         output=own("output not UTF-8") / "caf\udce9")
+    root = copy_of(good, "output is the class root")
+    case("output is the class root", "inside the class folders", "--overwrite",
+         input_dir=root, output=root)
+    kaggle = own("output in a class folder") / "kaggle"
+    fx.make_class_folders(str(kaggle / "train"), {"A": 2, "B": 2}, size=(8, 8))
+    case("output in a class folder", f"inside the class folders of --input_dir ({kaggle}/train)",
+         "--overwrite", input_dir=kaggle, output=kaggle / "train" / "A")
+    linked = copy_of(good, "output links into a class folder")
+    (own("output links into a class folder") / "out").symlink_to(linked / "A")
+    case("output links into a class folder", "inside the class folders", "--overwrite",
+         input_dir=linked)
+    (own("folder where a file goes") / "out" / records.INFO_FILE).mkdir(parents=True)
+    (own("folder where a file goes") / "out" / records.INFO_FILE / "mine.txt").write_text("x")
+    case("folder where a file goes", "writing to --output_dir", "--overwrite", "--num_workers=1")
+
+    case("num_shards 0", "--num_shards must be in 1..10000, got 0", "--num_shards=0")
+    case("num_shards 10001", "--num_shards must be in 1..10000", "--num_shards=10001")
+    case("num_shards text", "--num_shards", "--num_shards=many")
+    case("fraction 1.5", "--validation_fraction", "--validation_fraction=1.5")
+    case("fraction 0", "--validation_fraction", "--validation_fraction=0")
+    case("fraction nan", "--validation_fraction must be in (0, 1), got nan",
+         "--validation_fraction=nan")
+    case("fraction inf", "--validation_fraction must be in (0, 1), got inf",
+         "--validation_fraction=inf")
+    case("max side -1", "--max_image_side", "--max_image_side=-1")
+    case("max side 5", "--max_image_side must be 0 (full size) or in 32..65500, got 5",
+         "--max_image_side=5")
+    case("max side 65501", "--max_image_side must be 0 (full size) or in 32..65500",
+         "--max_image_side=65501")
+    case("quality 0", "--jpeg_quality must be in 1..100", "--jpeg_quality=0")
+    case("quality 101", "--jpeg_quality", "--jpeg_quality=101")
+    workers = f"--num_workers must be in 1..{4 * len(os.sched_getaffinity(0))} "
+    case("workers 0", workers, "--num_workers=0")
+    case("workers 100000", workers, "--num_workers=100000")
+    case("seed -1", "--seed must be in 0..2147483647, got -1", "--seed=-1")
+    case("seed 2**31", "--seed must be in 0..2147483647", "--seed=2147483648")
+    case("seed text", "--seed", "--seed=x")
+    cases["no input flag"] = (MODULE + [f"--output_dir={own('no input flag') / 'out'}"],
+                              "--input_dir")
+    case("stray argument", "unexpected arguments: extra", "extra")
+    case("unknown flag", "shards", "--shards=3")
+    return cases
 
 
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cli")
+def _odd_names(tmp: pathlib.Path) -> pathlib.Path:
+    """Spaces, non-ASCII, non-UTF-8 names, symlinks good and broken: the input tree."""
+    root, elsewhere = tmp / "odd input", tmp / "elsewhere"
+    fx.make_class_folders(str(root), {"Común chickweed": 2, "Fat Hen": 2}, size=(8, 8))
+    os.rename(root / "Común chickweed" / "000.png", root / "Común chickweed" / "foto ñ 0.png")
+    fx.noise_png(str(elsewhere / "Linked class" / "0.png"), size=(8, 8), seed=1)
+    fx.noise_png(str(elsewhere / "lone.png"), size=(8, 8), seed=2)
+    fx.noise_png(os.fsdecode(bytes(root / "Fat Hen") + b"/caf\xe9.png"), size=(8, 8), seed=3)
+    hen = root / "Fat Hen"
+    (root / "Linked").symlink_to(elsewhere / "Linked class")
+    (hen / "link.png").symlink_to(elsewhere / "lone.png")
+    (hen / "gone.png").symlink_to(elsewhere / "nowhere.png")
+    (hen / "loop.png").symlink_to(hen / "loop.png")
+    (hen / "up").symlink_to(root)
+    (root / "Loop").symlink_to(root / "Loop")
+    return root
+
+
+def _once_per_run(tmp_path_factory, name: str, compute: Callable[[], Any]) -> Any:
+    """compute()'s JSON result, computed by one pytest-xdist worker of the run only.
+
+    Every worker that runs a test of this module would otherwise make the
+    module fixture again: dozens of processes, each importing TensorFlow.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return compute()
+    shared = tmp_path_factory.getbasetemp().parent  # one folder per run, for all workers
+    result = shared / f"{name}.json"
+    try:
+        os.close(os.open(shared / f"{name}.lock", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:  # another worker computes it
+        deadline = time.time() + 900
+        while not result.exists():
+            assert time.time() < deadline, f"no {result} from the worker making it"
+            time.sleep(0.2)
+        value = json.loads(result.read_text())
+        assert "failed" not in value, value.get("failed")
+        return value["value"]
+    try:
+        value = {"value": compute()}
+    except BaseException as error:
+        value = {"failed": f"{type(error).__name__}: {error}"}
+        raise
+    finally:
+        (shared / f"{name}.json.tmp").write_text(json.dumps(value))
+        os.rename(shared / f"{name}.json.tmp", result)
+    return value["value"]
+
+
+def _run_cli(tmp: pathlib.Path) -> dict[str, Any]:
     cases = _cli_cases(tmp)
     fx.make_class_folders(str(tmp / "wrapped"), {"A": 4, "B": 4}, size=(8, 8))
-    commands = {name: command for name, (command, _) in cases.items()}
+    commands = {name: [str(arg) for arg in command] for name, (command, _) in cases.items()}
     commands["help"] = MODULE + ["--help"]
+    commands["odd names"] = MODULE + [f"--input_dir={_odd_names(tmp)}",
+                                      f"--output_dir={tmp / 'odd out ü'}", "--num_workers=2"]
     # Relative paths from another folder: the wrapper must not change directory.
     commands["wrapper"] = [os.path.join(REPO, "scripts", "make_tfrecords.sh"),
                            "wrapped", "wrapped_out", "--num_shards=2"]
     commands["wrapper usage"] = [os.path.join(REPO, "scripts", "make_tfrecords.sh")]
-    processes = {
-        name: subprocess.Popen(command, cwd=tmp if name.startswith("wrapper") else REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name, command in commands.items()
-    }
-    results = {}
-    try:
-        for name, process in processes.items():
-            stdout, stderr = process.communicate(timeout=120)
-            results[name] = (process.returncode, stdout, stderr)
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-    return tmp, cases, results
+    before = tree(tmp)
+
+    def run(name: str) -> tuple[int, str, str]:
+        done = subprocess.run(commands[name], cwd=tmp if name.startswith("wrapper") else REPO,
+                              capture_output=True, text=True, timeout=300)
+        return done.returncode, done.stdout, done.stderr
+
+    # A few at a time: each one that reaches a path check imports TensorFlow.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = dict(zip(commands, pool.map(run, commands)))
+    messages = {name: message for name, (_, message) in cases.items()}
+    return dict(tmp=str(tmp), messages=messages, results=results, before=before,
+                after=tree(tmp))
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    made = _once_per_run(tmp_path_factory, "make_tfrecords_cli",
+                         lambda: _run_cli(tmp_path_factory.mktemp("cli")))
+    return (pathlib.Path(made["tmp"]), made["messages"], made["results"], made["before"],
+            made["after"])
 
 
 CLI_ERRORS = [
-    "input missing", "input empty", "no class folders", "class without valid images",
-    "output not empty", "num_shards 0", "num_shards text", "fraction 1.5", "fraction 0",
-    "max side -1", "quality 0", "quality 101", "workers 0", "seed text", "no input flag",
-    "stray argument", "unknown flag",
+    "input missing", "input empty", "input flag empty", "input is a file",
+    "input dangling symlink", "input remote", "input ~ after =", "no class folders",
+    "class name with a line break", "class without valid images", "output not empty",
+    "output flag empty", "output ~ after =", "output is a file", "output under a file",
+    "output dangling symlink", "output not UTF-8", "output is the class root",
+    "output in a class folder", "output links into a class folder", "folder where a file goes",
+    "num_shards 0", "num_shards 10001", "num_shards text", "fraction 1.5", "fraction 0",
+    "fraction nan", "fraction inf", "max side -1", "max side 5", "max side 65501", "quality 0",
+    "quality 101", "workers 0", "workers 100000", "seed -1", "seed 2**31", "seed text",
+    "no input flag", "stray argument", "unknown flag",
 ]
 
 
 @pytest.mark.parametrize("case", CLI_ERRORS)
-def test_cli_errors_are_one_line(cli, case):
-    _, cases, results = cli
-    assert sorted(cases) == sorted(CLI_ERRORS)
+def test_cli_errors_are_one_line_and_change_nothing(cli, case):
+    tmp, cases, results, before, after = cli
     returncode, _, stderr = results[case]
     assert returncode != 0
     assert "Traceback" not in stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("make_tfrecords: error: ")
-    assert cases[case][1] in lines[0]
+    assert cases[case] in lines[0]
+    # Nothing of the case's own lost, changed or added: no records, no info.
+    mine = lambda snapshot: {p: h for p, h in snapshot.items()
+                             if p.startswith(os.path.join("cases", case) + os.sep)}
+    assert mine(after) == mine(before)
+
+
+def test_cli_cases_are_all_tested_and_leave_shared_inputs_alone(cli):
+    tmp, cases, results, before, after = cli
+    assert sorted(cases) == sorted(CLI_ERRORS)
+    made_by_successes = ("wrapped_out" + os.sep, "odd out ü" + os.sep)
+    shared = lambda snapshot: {p: h for p, h in snapshot.items()
+                               if not p.startswith(("cases" + os.sep, *made_by_successes))}
+    assert shared(after) == shared(before)
+    assert not os.path.exists(os.path.join(REPO, "~"))
+
+
+def test_odd_names_and_symlinks_convert_and_broken_entries_are_reported(cli):
+    tmp, _, results, _, _ = cli
+    returncode, stdout, stderr = results["odd names"]
+    assert returncode == 0, stderr
+    assert "Traceback" not in stderr
+    info = json.loads((tmp / "odd out ü" / records.INFO_FILE).read_text())
+    assert info["class_names"] == ["Común chickweed", "Fat Hen", "Linked"]
+    found = all_records(str(tmp / "odd out ü"))
+    assert {f: r["label"] for f, r in found.items()} == {
+        "Común chickweed/foto ñ 0.png": 0, "Común chickweed/001.png": 0,
+        "Fat Hen/000.png": 1, "Fat Hen/001.png": 1, "Fat Hen/link.png": 1,
+        "Linked/0.png": 2,
+    }
+    reasons = skip_reasons(info)
+    assert sorted(reasons) == ["Fat Hen/caf\\xe9.png", "Fat Hen/gone.png", "Fat Hen/loop.png"]
+    assert reasons["Fat Hen/caf\\xe9.png"].startswith("file name is not UTF-8")
+    assert reasons["Fat Hen/gone.png"] == (
+        f"broken symlink: to {tmp / 'elsewhere' / 'nowhere.png'} (No such file or directory)"
+    )
+    assert reasons["Fat Hen/loop.png"].startswith("broken symlink: ")
+    folders = {d["folder"]: d["reason"] for d in info["non_class_folders"]}
+    assert folders == {"Fat Hen/up": "is inside a class folder; not read",
+                       "Loop": "is a broken symlink; not read"}
+    assert "Común chickweed" in stdout and "skipped 3 file(s)" in stdout
 
 
 def test_help_documents_every_flag(cli):
-    _, _, results = cli
+    _, _, results, _, _ = cli
     _, stdout, _ = results["help"]
     for flag in ("input_dir", "output_dir", "num_shards", "validation_fraction", "seed",
                  "max_image_side", "jpeg_quality", "num_workers", "overwrite"):
@@ -598,7 +875,7 @@ def test_help_documents_every_flag(cli):
 
 
 def test_shell_wrapper_converts_and_prints_a_summary(cli):
-    tmp, _, results = cli
+    tmp, _, results, _, _ = cli
     returncode, stdout, stderr = results["wrapper"]
     assert returncode == 0, stderr
     assert "train: 6 examples in 2 shard(s)" in stdout

@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
+import time
+from typing import Callable
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from input_pipeline import synthetic
+from tests.test_make_tfrecords import tree
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -164,21 +168,93 @@ def test_cli_help_documents_every_flag() -> None:
         assert flag in result.stdout
 
 
+def _a_file(tmp: pathlib.Path) -> None:
+    (tmp / "file").write_text("mine")
+
+
+def _dangling_link(tmp: pathlib.Path) -> None:
+    (tmp / "link").symlink_to(tmp / "gone")
+
+
+def _real_photographs(tmp: pathlib.Path) -> None:
+    (tmp / "kaggle" / "train" / "Maize").mkdir(parents=True)
+    (tmp / "kaggle" / "train" / "Maize" / "0a1b2c3d4.png").write_bytes(b"a real photograph")
+
+
 @pytest.mark.parametrize(
-    "args, message",
+    "output, setup, args, message",
     [
-        (["--images_per_class=0"], "images_per_class"),
-        (["--seed=-1"], "seed"),
-        ([], "output_dir"),
+        ("out", None, ["--images_per_class=0"], "--images_per_class=0: 0 is not"),
+        ("out", None, ["--images_per_class=10001"],
+         "--images_per_class=10001: 10001 is not an integer in the range [1, 10000]"),
+        ("out", None, ["--seed=-1"], "--seed=-1: -1 is not"),
+        ("out", None, ["--seed=2147483648"], "is not an integer in the range [0, 2147483647]"),
+        (None, None, [], "--output_dir"),
+        ("out", None, ["--bogus=1"], "Unknown command line flag 'bogus'"),
+        ("out", None, ["extra"], "unexpected arguments: extra"),
+        ("file", _a_file, [], "is a file, not a folder"),
+        ("file/sub", _a_file, [], "--output_dir={tmp}/file/sub cannot be written"),
+        ("link", _dangling_link, [], "is a symlink to {tmp}/gone, which does not exist"),
+        ("gs://bucket/out", None, [], "--output_dir must be a local folder"),
+        ("~/synthetic", None, [], "--output_dir=~/synthetic starts with ~"),
+        ("kaggle", _real_photographs, [],
+         "already holds 1 file(s) in train/ that this run would not write "
+         "(e.g. train/Maize/0a1b2c3d4.png)"),
     ],
+    ids=["images 0", "images 10001", "seed -1", "seed 2**31", "no output_dir", "unknown flag",
+         "stray argument", "output a file", "output under a file", "output dangling symlink",
+         "output remote", "output ~ after =", "output holds other images"],
 )
-def test_cli_bad_flag_is_a_one_line_error(tmp_path: pathlib.Path, args: list[str], message: str) -> None:
-    if args:
-        args = [f"--output_dir={tmp_path}", *args]
-    result = _cli(*args)
+def test_cli_bad_flag_or_path_is_a_one_line_error_and_changes_nothing(
+    tmp_path: pathlib.Path, output: str | None, setup: Callable | None, args: list[str],
+    message: str,
+) -> None:
+    if setup:
+        setup(tmp_path)
+    if output:
+        as_typed = "://" in output or output.startswith("~")
+        args = [f"--output_dir={output if as_typed else tmp_path / output}", *args]
+    before = tree(tmp_path)
+    # One image a class, should a check let the run through; a case's own flag comes later and wins.
+    result = _cli("--images_per_class=1", *args)
 
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if message in line]
-    assert len(errors) == 1 and "FATAL" in errors[0], result.stderr
-    assert not (tmp_path / "train").exists()
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert result.stderr.startswith("synthetic: error: ")
+    assert message.format(tmp=tmp_path) in result.stderr
+    assert tree(tmp_path) == before  # nothing written, nothing lost
+    assert not (REPO_ROOT / "~").exists()
+
+
+def test_cli_refuses_other_images_but_not_its_own(tmp_path: pathlib.Path) -> None:
+    # A rerun with the same flags (after Ctrl-C, say) or with more images is
+    # allowed; fewer images or another seed would leave a mixed data set.
+    train_dir = synthetic.generate(str(tmp_path), images_per_class=2, seed=0)
+
+    assert synthetic._foreign_images(train_dir, 2, 0) == []
+    assert synthetic._foreign_images(train_dir, 3, 0) == []
+    assert len(synthetic._foreign_images(train_dir, 1, 0)) == 12
+    assert len(synthetic._foreign_images(train_dir, 2, 1)) == 24
+
+
+def test_cli_ctrl_c_is_one_line(tmp_path: pathlib.Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "input_pipeline.synthetic", f"--output_dir={tmp_path}",
+         "--images_per_class=200"],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not list(tmp_path.rglob("*.png")):
+            assert process.poll() is None and time.time() < deadline, "run ended too soon"
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
+    finally:
+        _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode != 0
+    assert stderr.strip() == (
+        "synthetic: error: interrupted: the last image may be incomplete; rerun with the same flags"
+    )
