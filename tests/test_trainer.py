@@ -1,4 +1,4 @@
-"""End-to-end tests of `python -m trainer.main` and `trainer.predict`, as a user runs them.
+"""End-to-end tests of `python -m trainer.main` (and predict after it), as a user runs them.
 
 Each test drives the real command in a subprocess on tiny records with a tiny
 ResNet and checks what a user sees: exit codes, log lines, checkpoints,
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from tests.events import read_events
+from tests.record_fixtures import write_records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model=resnet18", "--width=8", "--image_size=32", "--batch_size=4",
@@ -158,28 +160,66 @@ def test_export_and_predict_csv(trained, tiny_records, tmp_path):
     assert [n.decode() for n in out["class_names"].numpy()[0]] == list(tiny_records.class_names)
 
 
-def test_predict_errors_are_one_line(trained, tmp_path):
-    model_dir, _ = trained
-    result = run_module("trainer.predict", f"--model_dir={model_dir}",
-                        f"--input={tmp_path}/nothing/*.png")
-    assert_one_line_error(result, "no images")
-    result = run_module("trainer.predict", f"--model_dir={tmp_path}", f"--input={tmp_path}")
-    assert_one_line_error(result)
-
-
 def test_eval_and_export_modes(trained, tiny_records, tmp_path):
     model_dir, _ = trained
     result = train(tiny_records.data_dir, model_dir, "--mode=eval", "--train_steps=4")
     assert_ok(result)
     assert "eval at step 4" in result.stderr and "(13 examples)" in result.stderr
-    result = train(tiny_records.data_dir, str(tmp_path), "--mode=export", "--train_steps=4")
-    assert_one_line_error(result, "no checkpoint")
+    for mode in ("export", "eval"):
+        result = train(tiny_records.data_dir, str(tmp_path), f"--mode={mode}", "--train_steps=4")
+        assert_one_line_error(result, "no checkpoint", f"to {mode}")
+        # Nothing that looks like the metrics or the model of a trained run.
+        assert not {"metrics.json", "export"} & set(os.listdir(tmp_path))
+
+
+def test_export_again_replaces_the_model_whole(trained, tiny_records, tmp_path):
+    model_dir = str(tmp_path / "copy")
+    shutil.copytree(trained[0], model_dir)
+    before = os.stat(os.path.join(model_dir, "export", "saved_model.pb")).st_mtime_ns
+    result = train(tiny_records.data_dir, model_dir, "--mode=export", "--train_steps=4")
+    assert_ok(result)
+    assert os.stat(os.path.join(model_dir, "export", "saved_model.pb")).st_mtime_ns > before
+    assert not [f for f in os.listdir(model_dir) if f.startswith("export.")]
+
+
+@pytest.mark.parametrize("text, words", [
+    ("{garbage", ["dataset_info.json is not one the converter writes", "convert"]),
+    ('{"class_names": ["a"]}', ["dataset_info.json is not one the converter writes", "splits"]),
+    ('{"class_names": ["a"], "splits": {"train": {"num_examples": 1, "num_shards": 1}}, '
+     '"image": {"std": [0, 0, 0]}}', ["unusable channel statistics", "std [0, 0, 0]"]),
+])
+def test_damaged_dataset_info_is_a_one_line_error(tiny_records, tmp_path, text, words):
+    data_dir = tmp_path / "records"
+    shutil.copytree(tiny_records.data_dir, data_dir)
+    (data_dir / "dataset_info.json").write_text(text)
+    result = train(str(data_dir), str(tmp_path / "model"), "--train_steps=2")
+    assert_one_line_error(result, *words)
+
+
+NAN_AFTER_TWO_STEPS = """
+import sys
+import tensorflow as tf
+from trainer import main, train
+
+# Batch norm keeps a ResNet finite under any learning rate the flags allow,
+# so the loss is made NaN from the third step on.
+real, calls = train.cross_entropy, tf.Variable(0)
+def cross_entropy(*args):
+    calls.assign_add(1)
+    return tf.where(calls > 2, float("nan"), real(*args))
+train.cross_entropy = cross_entropy
+main.run()
+"""
 
 
 def test_nan_loss_stops_with_step_and_no_checkpoint(tiny_records, tmp_path):
-    result = train(tiny_records.data_dir, str(tmp_path), "--train_steps=6", "--steps_per_loop=3",
-                   "--learning_rate=1e30", "--label_smoothing=0", "--mode=train")
-    assert_one_line_error(result, "at step")
+    result = subprocess.run(
+        [sys.executable, "-c", NAN_AFTER_TWO_STEPS, f"--data_dir={tiny_records.data_dir}",
+         f"--model_dir={tmp_path}", *TINY, "--train_steps=6", "--steps_per_loop=6",
+         "--mode=train"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "GCE_METADATA_IP": "127.0.0.1:9"})
+    assert_one_line_error(result, "loss became nan at step 3;", "--learning_rate")
     assert tf.train.latest_checkpoint(str(tmp_path)) is None
 
 
@@ -298,10 +338,110 @@ def test_vertex_aip_folders_used_without_model_dir(tiny_records, tmp_path):
     (["--checkpoint_every=0"], ["checkpoint_every"]),
     (["--steps_per_loop=0"], ["steps_per_loop"]),
     (["--no_such_flag=1"], ["no_such_flag"]),
+    # Every number has a range, and the message gives it.
+    (["--image_size=100000"], ["--image_size=100000", "[32, 2048]"]),
+    (["--width=100000"], ["--width", "[1, 512]"]),
+    (["--batch_size=100000000"], ["--batch_size", "[1, 65536]"]),
+    (["--epochs=1e300"], ["--epochs", "[0, 100000]"]),
+    (["--learning_rate=nan"], ["--learning_rate", "finite"]),
+    (["--warmup_epochs=inf"], ["--warmup_epochs"]),
+    (["--seed=-1"], ["--seed", "2147483647"]),
+    (["--cpu_devices=1000"], ["--cpu_devices", "[0, 64]"]),
+    (["--train_steps=100000000000000000"], ["--train_steps"]),
+    (["--train_steps=2", "--profile_steps=100,200"], ["--profile_steps=100,200", "last step (2)"]),
 ])
 def test_bad_flags_give_one_line_errors(tiny_records, tmp_path, args, words):
-    result = train(tiny_records.data_dir, str(tmp_path), *args)
+    result = train(tiny_records.data_dir, str(tmp_path / "model"), *args)
     assert_one_line_error(result, *words)
+    # Refused before anything was written.
+    assert not (tmp_path / "model").exists() or not os.listdir(tmp_path / "model")
+
+
+def test_flag_errors_and_help_need_no_tensorflow():
+    for args in (["--help"], ["--image_size=100000"]):
+        result = subprocess.run([sys.executable, "-X", "importtime", "-m", "trainer.main", *args],
+                                cwd=REPO, capture_output=True, text=True, timeout=60)
+        imported = [line for line in result.stderr.splitlines() if "| tensorflow" in line]
+        assert not imported, (args, imported[:3])
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("keep me\n")
+    return path
+
+
+@pytest.mark.parametrize("model_dir, words", [
+    ("{file}", ["--model_dir=", "notes.txt is a file, not a folder"]),
+    ("{file}/run", ["--model_dir=", "notes.txt is not a directory"]),
+    ("{dangling}", ["--model_dir=", "symlink to", "does not exist"]),
+])
+def test_bad_model_dir_is_refused_before_any_work(tiny_records, tmp_path, a_file, model_dir, words):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    model_dir = model_dir.format(file=a_file, dangling=tmp_path / "dangling")
+    result = train(tiny_records.data_dir, model_dir, "--train_steps=2")
+    assert_one_line_error(result, *words)
+    assert "strategy" not in result.stderr  # Refused before TensorFlow set up its devices.
+    assert a_file.read_text() == "keep me\n"
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path, a_file):
+    result = train(str(a_file), str(tmp_path / "model"), "--train_steps=2")
+    assert_one_line_error(result, "--data_dir=", "is a file, not a folder")
+
+
+def test_unwritable_bucket_is_refused_before_training(tiny_records, gcs_emulator):
+    model_dir = f"gs://no-such-bucket-{os.getpid()}/run"
+    result = train(tiny_records.data_dir, model_dir, "--train_steps=2",
+                   env=gcs_emulator.subprocess_env())
+    assert_one_line_error(result, f"--model_dir={model_dir}", "bucket", "does not exist")
+    assert "step 1/" not in result.stderr and "strategy" not in result.stderr
+
+
+def test_demo_cache_dir_that_is_a_file_is_refused(tmp_path, a_file):
+    result = run_module("trainer.main", f"--cache_dir={a_file}", f"--model_dir={tmp_path}/m")
+    assert_one_line_error(result, "--cache_dir=", "is a file, not a folder")
+    assert a_file.read_text() == "keep me\n"
+
+
+def test_spaces_non_ascii_and_symlinks_in_paths_work(tiny_records, tmp_path):
+    data_link = tmp_path / "données liées"
+    data_link.symlink_to(tiny_records.data_dir)
+    model_dir = tmp_path / "runs é" / "modèle 1"
+    result = train(str(data_link), str(model_dir), "--train_steps=2", "--mode=train")
+    assert_ok(result)
+    assert checkpoint_step(str(model_dir)) == 2
+    assert (model_dir / "export" / "saved_model.pb").exists()
+
+
+def test_run_that_cannot_fit_in_memory_says_so_before_allocating(tiny_records, tmp_path):
+    result = train(tiny_records.data_dir, str(tmp_path / "model"), "--model=resnet152",
+                   "--image_size=2048", "--batch_size=4096", "--train_steps=2")
+    assert_one_line_error(result, "needs at least", "GiB of host memory", "activations",
+                          "lower --batch_size")
+    assert "step 1/" not in result.stderr
+    assert os.listdir(tmp_path / "model") == []
+
+
+def test_cache_that_cannot_fit_in_memory_names_the_cache(tmp_path):
+    # 400 images cached at 2048 px take 38 GiB, more than a CI machine has.
+    data_dir = str(tmp_path / "records")
+    write_records(data_dir, examples_per_split={"train": 400, "validation": 4},
+                  num_shards={"train": 1, "validation": 1})
+    result = train(data_dir, str(tmp_path / "model"), "--image_size=2048", "--batch_size=1",
+                   "--cache_decoded", "--train_steps=2")
+    assert_one_line_error(result, "needs at least", "decoded-image cache", "--cache_decoded")
+
+
+def test_empty_validation_split_is_refused_for_evaluation(tmp_path):
+    data_dir = str(tmp_path / "records")
+    write_records(data_dir, examples_per_split={"train": 8, "validation": 0},
+                  num_shards={"train": 2, "validation": 1})
+    result = train(data_dir, str(tmp_path / "model"), "--train_steps=2", "--mode=train_and_eval")
+    assert_one_line_error(result, "validation split", "is empty", "--mode=train")
+    assert not [f for f in os.listdir(tmp_path / "model") if f.startswith("ckpt")]
 
 
 def test_bad_data_dir_gives_one_line_error(tmp_path):

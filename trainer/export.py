@@ -51,13 +51,20 @@ def export_saved_model(checkpoint_path: str, export_dir: str, *, model_name: str
         status = tf.train.Checkpoint(model=model).restore(checkpoint_path)
         status.assert_existing_objects_matched().expect_partial()
         module = _Serving(model, info, image_size)
-        tmp = export_dir.rstrip("/") + ".tmp"
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.rmtree(tmp)
+        tmp, old = export_dir.rstrip("/") + ".tmp", export_dir.rstrip("/") + ".old"
+        if tf.io.gfile.exists(old) and not tf.io.gfile.exists(export_dir):
+            tf.io.gfile.rename(old, export_dir)  # A crash mid-swap: the old model back first.
+        for leftover in (tmp, old):
+            if tf.io.gfile.exists(leftover):
+                tf.io.gfile.rmtree(leftover)
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        # The previous model moves aside until the new one is in place, so a
+        # crash in between leaves one of the two, never neither.
         if tf.io.gfile.exists(export_dir):
-            tf.io.gfile.rmtree(export_dir)
+            tf.io.gfile.rename(export_dir, old)
         tf.io.gfile.rename(tmp, export_dir)
+        if tf.io.gfile.exists(old):
+            tf.io.gfile.rmtree(old)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     logging.info("exported %s to %s", checkpoint_path, export_dir)

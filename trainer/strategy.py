@@ -14,8 +14,7 @@ import os
 from absl import logging
 import tensorflow as tf
 
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+from trainer.config import STRATEGIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +33,17 @@ class Runtime:
     @property
     def is_chief(self) -> bool:
         return is_chief(self.strategy)
+
+    @property
+    def num_hosts(self) -> int:
+        """Processes that each feed their own replicas: workers, or TPU hosts."""
+        if isinstance(self.strategy, tf.distribute.TPUStrategy):
+            return self.strategy.extended.num_hosts
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy) and resolver:
+            tasks = resolver.cluster_spec().as_dict()
+            return max(1, sum(len(tasks.get(kind, ())) for kind in ("chief", "worker")))
+        return 1
 
 
 def split_cpu(num_devices: int) -> None:

@@ -35,9 +35,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline import records
+from input_pipeline import records, storage
 from input_pipeline.dataset import create_dataset
 from trainer import export
+from trainer import memory
 from trainer import metrics
 from trainer import models
 from trainer import optimizers
@@ -91,7 +92,7 @@ class Schedule:
                 f"--batch_size={config.batch_size} does not divide across {num_replicas} "
                 f"replicas; use a multiple of {num_replicas}"
             )
-        steps_per_epoch = max(1, info.num_examples[records.TRAIN] // config.batch_size)
+        steps_per_epoch = max(1, info.num_examples.get(records.TRAIN, 0) // config.batch_size)
         total = config.train_steps or math.ceil(config.epochs * steps_per_epoch)
         return cls(
             global_batch_size=config.batch_size,
@@ -194,7 +195,7 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str) -> str | Non
             # Damage shows as OpErrors, IndexError ("read less bytes than
             # requested") or AssertionError (objects missing), and more.
             logging.warning("checkpoint %s does not restore (%s); trying an older one",
-                            path, _first_line(e))
+                            path, storage.first_line(e))
     if candidates:
         raise RuntimeError(
             f"none of the {len(candidates)} checkpoints in {directory} restores into this model "
@@ -228,15 +229,10 @@ def save_checkpoint(state: State, step: int) -> None:
     except (tf.errors.OpError, OSError) as e:
         raise RuntimeError(
             f"could not write the checkpoint of step {step} to {state.manager.directory} "
-            f"({_first_line(e)}); the latest good one, {state.checkpoint_path or 'none'}, is "
+            f"({storage.first_line(e)}); the latest good one, {state.checkpoint_path or 'none'}, is "
             "intact: fix the disk or bucket and rerun to resume from it"
         ) from e
     state.checkpoint_path, state.saved_step = path, step
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def make_train_loop(runtime: Runtime, state: State, *, global_batch_size: int,
@@ -389,16 +385,25 @@ def run(config: TrainConfig) -> dict[str, Any] | None:
     Raises:
       preemption.Preempted: SIGTERM while training, once the step is saved.
     """
+    _check_paths(config)
     info = records.read_dataset_info(config.data_dir)
+    info = records.with_shard_lengths(info, config.data_dir)  # Once, not at every evaluation.
     runtime = setup_runtime(config.strategy, tpu=config.tpu,
                             precision=config.mixed_precision, jit_compile=config.jit_compile)
     keras.mixed_precision.set_global_policy(runtime.precision)
     keras.utils.set_random_seed(config.seed)
     schedule = Schedule.create(config, info, runtime.num_replicas)
+    _check_plan(config, info, schedule)
+    memory.check_fits(config, info, runtime, training=config.mode in ("train", "train_and_eval"))
     checkpoint_dir = _checkpoint_dir(runtime, config.paths.checkpoints)
     try:
         state = create_state(config, runtime, info, schedule, checkpoint_dir,
                              restore_dir=config.paths.checkpoints)
+        if config.mode in ("eval", "export") and not state.checkpoint_path:
+            # Metrics or a model of random weights would look like real ones.
+            raise FileNotFoundError(
+                f"no checkpoint in {config.paths.checkpoints} to {config.mode}; train first "
+                "(--mode=train)")
         results = None
         # Closing the writers flushes their last events, also on the way out
         # of a preemption or an error.
@@ -437,6 +442,32 @@ def run(config: TrainConfig) -> dict[str, Any] | None:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
     wait_for_all_workers(runtime.strategy)
     return results
+
+
+def _check_paths(config: TrainConfig) -> None:
+    """Every folder the run reads or writes, before any work: a late failure costs hours."""
+    storage.check_input_dir(config.data_dir, "--data_dir")
+    inside = config.paths.checkpoints.rstrip("/") + "/"
+    for folder, origin in config.paths.folders().items():
+        if folder.startswith(inside):  # made later, in a folder checked already
+            storage.check_not_a_file(folder, origin)
+        else:
+            storage.check_output_dir(folder, origin)
+
+
+def _check_plan(config: TrainConfig, info: records.DatasetInfo, schedule: Schedule) -> None:
+    """What the flags ask of this data set, checked before the first step."""
+    if config.mode in ("train", "train_and_eval") and not info.num_examples.get(records.TRAIN):
+        raise ValueError(f"{config.data_dir} has no training examples: convert the images again")
+    if config.mode in ("train_and_eval", "eval") and not info.num_examples.get(records.VALIDATION):
+        raise ValueError(
+            f"the validation split of {config.data_dir} is empty, so --mode={config.mode} has "
+            "nothing to evaluate: use --mode=train, or reconvert with a larger "
+            "--validation_fraction")
+    if config.profile_steps and config.profile_steps[1] > schedule.total_steps:
+        raise ValueError(
+            f"--profile_steps={config.profile_steps[0]},{config.profile_steps[1]} ends after the "
+            f"last step ({schedule.total_steps}): profile steps within the run")
 
 
 def train(config: TrainConfig, runtime: Runtime, info: records.DatasetInfo,
@@ -557,10 +588,6 @@ def _export_is_newer(export_dir: str, checkpoint_path: str | None) -> bool:
 
 
 def _export(config: TrainConfig, info: records.DatasetInfo, state: State) -> None:
-    if not state.checkpoint_path:
-        raise FileNotFoundError(
-            f"no checkpoint in {config.paths.checkpoints} to export; train first (--mode=train)"
-        )
     export.export_saved_model(
         state.checkpoint_path, config.paths.export, model_name=config.model,
         width=config.width, image_size=config.image_size, info=info,
