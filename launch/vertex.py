@@ -5,12 +5,15 @@
         -- --flagfile=configs/gpu_8x.cfg --data_dir=gs://BUCKET/seedlings/records
 
 Everything after `--` is handed to `python -m trainer.main`, after the `--strategy`
-(and `--tpu`) flags that the job's hardware needs. `--dry_run` prints the request
-body, the REST `CustomJob` resource, and sends nothing.
+(and `--tpu`) flags that the job's hardware needs. Those trainer flags are parsed here
+first, with the trainer's own definitions (see launch/trainer_args.py), because a queued job
+that fails on its first line has cost its wait. `--dry_run` prints the request body, the REST
+`CustomJob` resource, and sends nothing. Every mistake is one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -19,12 +22,14 @@ import re
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from absl import app, flags
+
+from launch import trainer_args
 
 TRAINER_MODULE = "trainer.main"
 # Vertex only runs Python packages on its prebuilt executors, and its newest TensorFlow
@@ -61,6 +66,17 @@ _N1_MACHINE = re.compile(r"n1-(standard|highmem|highcpu)-\d+")
 _CPU_MACHINE = re.compile(
     r"(n1|n2|n2d|e2|c2|c2d|c3|m1)-(standard|highmem|highcpu|ultramem|megamem)-\d+")
 _REGION = re.compile(r"[a-z]+-[a-z]+\d+")
+# Project IDs (with the legacy `domain:` prefix) or project numbers.
+_PROJECT = re.compile(r"(?:[a-z][-a-z0-9.]*:)?[a-z][-a-z0-9]{4,28}[a-z0-9]|[0-9]{1,20}")
+# A Docker image reference: [host[:port]/]path[:tag][@sha256:digest].
+_IMAGE = re.compile(r"(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
+                    r"(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::\w[\w.-]{0,127})?"
+                    r"(?:@sha256:[0-9a-f]{64})?")
+MAX_DISPLAY_NAME = 128  # Vertex AI's limit.
+# No run of this model needs more hosts; a larger count is a slip of the keyboard.
+MAX_REPLICAS = 64
+# Vertex AI mounts Cloud Storage at /gcs/BUCKET on every machine of a custom job.
+JOB_STORAGE = ("gs://", "/gcs/")
 
 
 class LaunchError(Exception):
@@ -88,17 +104,30 @@ class JobConfig:
         for name in ("project", "region", "output_dir"):
             if not getattr(self, name):
                 raise LaunchError(f"--{name} is required")
+        if not _PROJECT.fullmatch(self.project):
+            raise LaunchError(
+                f"--project={self.project} is not a project ID (6-30 lowercase letters, digits "
+                f"and hyphens, starting with a letter, not ending with a hyphen)")
         if not _REGION.fullmatch(self.region):
             raise LaunchError(f"--region={self.region} is not a region like us-central1")
-        if not self.output_dir.startswith("gs://"):
-            raise LaunchError(
-                f"--output_dir must be a gs:// path (the job's machines cannot see local "
-                f"paths), got {self.output_dir}"
-            )
+        # baseOutputDirectory takes gs:// only, not the /gcs/ mount.
+        problem = trainer_args.cloud_path_problem(self.output_dir)
+        if problem:
+            raise LaunchError(f"--output_dir={self.output_dir}: {problem}")
+        if not self.display_name.strip() or len(self.display_name) > MAX_DISPLAY_NAME:
+            raise LaunchError(f"--display_name must be 1 to {MAX_DISPLAY_NAME} characters, "
+                              f"got {len(self.display_name)}")
         if not self.image_uri and not with_package:
             raise LaunchError("--image_uri is required: build and push launch/Dockerfile first")
-        if self.replica_count < 1:
-            raise LaunchError(f"--replica_count must be at least 1, got {self.replica_count}")
+        if with_package and self.machine_type in TPU_TOPOLOGIES and not self.image_uri:
+            raise LaunchError("no prebuilt TPU executor has TensorFlow >= 2.20: run TPU jobs "
+                              "from the launch/Dockerfile.tpu image instead of --package")
+        if self.image_uri and not _IMAGE.fullmatch(self.image_uri):
+            raise LaunchError(f"--image_uri={self.image_uri} is not an image reference like "
+                              f"REGION-docker.pkg.dev/PROJECT/REPOSITORY/IMAGE:TAG")
+        if not 1 <= self.replica_count <= MAX_REPLICAS:
+            raise LaunchError(f"--replica_count must be in [1, {MAX_REPLICAS}], "
+                              f"got {self.replica_count}")
         if self.machine_type in TPU_TOPOLOGIES and self.replica_count > 1:
             raise LaunchError("TPU jobs run on one host: drop --replica_count")
 
@@ -168,26 +197,16 @@ def make_machine_spec(
     return {"machineType": machine_type}
 
 
-def trainer_args(machine_spec: dict[str, Any], replica_count: int,
-                 user_args: Sequence[str]) -> list[str]:
-    """The trainer's argv: the strategy the hardware needs, then the user's flags."""
+def hardware_flags(machine_spec: dict[str, Any], replica_count: int) -> list[str]:
+    """The trainer flags the job's hardware needs; they go before the user's."""
     if "tpuTopology" in machine_spec:
         # On Vertex TPU VMs the chips are attached to the host the trainer runs on.
-        required = ["--strategy=tpu", "--tpu=local"]
-    elif replica_count > 1:
+        return ["--strategy=tpu", "--tpu=local"]
+    if replica_count > 1:
         # Vertex sets TF_CONFIG on every replica; this strategy reads it.
-        required = ["--strategy=multi_worker_mirrored"]
-    else:
-        # One host: the trainer's --strategy=auto picks one_device or mirrored itself.
-        required = []
-    for arg in user_args:
-        if not arg.startswith("--"):
-            raise LaunchError(f"trainer arguments must be --name=value flags, got {arg!r}")
-        name = arg.split("=", 1)[0]
-        for flag in required:
-            if flag.split("=", 1)[0] == name and flag != arg:
-                raise LaunchError(f"{arg} conflicts with this job's hardware, which needs {flag}")
-    return required + list(user_args)
+        return ["--strategy=multi_worker_mirrored"]
+    # One host: the trainer's --strategy=auto picks one_device or mirrored itself.
+    return []
 
 
 def build_custom_job(config: JobConfig, package_uri: str | None = None) -> dict[str, Any]:
@@ -201,14 +220,11 @@ def build_custom_job(config: JobConfig, package_uri: str | None = None) -> dict[
     config.check(with_package=package_uri is not None)
     machine = make_machine_spec(config.machine_type, config.accelerator_type,
                                 config.accelerator_count, config.tpu_topology)
-    args = trainer_args(machine, config.replica_count, config.trainer_args)
+    args = hardware_flags(machine, config.replica_count) + list(config.trainer_args)
     if package_uri is None:
         # No `command`: the image's ENTRYPOINT is `python -m trainer.main`.
         code = {"containerSpec": {"imageUri": config.image_uri, "args": args}}
     else:
-        if "tpuTopology" in machine and not config.image_uri:
-            raise LaunchError("no prebuilt TPU executor has TensorFlow >= 2.20: run TPU jobs "
-                              "from the launch/Dockerfile.tpu image instead of --package")
         code = {"pythonPackageSpec": {
             "executorImageUri": config.image_uri or DEFAULT_EXECUTOR_IMAGE,
             "packageUris": [package_uri],
@@ -235,11 +251,28 @@ def default_display_name(now: datetime.datetime) -> str:
     return f"seedlings-{now:%Y%m%d-%H%M%S}"
 
 
+def check_staging_bucket(staging_bucket: str) -> None:
+    """Raises LaunchError unless `staging_bucket` is a gs:// folder (uploads need gs://)."""
+    problem = trainer_args.cloud_path_problem(staging_bucket)
+    if problem:
+        raise LaunchError(f"--staging_bucket={staging_bucket}: {problem}")
+
+
 def staged_package_uri(staging_bucket: str, display_name: str, sdist_name: str) -> str:
-    """Where the sdist goes: one folder per job, so jobs never overwrite each other's code."""
-    if not staging_bucket.startswith("gs://"):
-        raise LaunchError(f"--staging_bucket must be a gs:// path, got {staging_bucket}")
+    """Where the sdist goes: one folder per job name (an upload never replaces one)."""
     return f"{staging_bucket.rstrip('/')}/{display_name}/{sdist_name}"
+
+
+def check_api_endpoint(api_endpoint: str) -> None:
+    """Raises LaunchError unless the endpoint is an https URL (or http on this machine)."""
+    url = urllib.parse.urlsplit(api_endpoint)
+    if url.scheme not in ("http", "https") or not url.hostname or " " in api_endpoint:
+        raise LaunchError(f"--api_endpoint={api_endpoint} is not an http(s) URL like "
+                          f"https://us-central1-aiplatform.googleapis.com")
+    # The request carries the user's access token: only a local fake may see it in clear.
+    if url.scheme == "http" and url.hostname not in ("localhost", "127.0.0.1", "::1"):
+        raise LaunchError(f"--api_endpoint={api_endpoint} would send your credentials "
+                          f"unencrypted: use https:// (http:// only for localhost)")
 
 
 def console_url(job_name: str, region: str, project: str) -> str:
@@ -249,13 +282,37 @@ def console_url(job_name: str, region: str, project: str) -> str:
             f"{job_id}?project={project}")
 
 
-# ---- I/O: building, uploading, submitting. ----
+# ---- I/O: checking the trainer flags (flagfiles), building, uploading, submitting. ----
+
+
+def check_trainer_flags(config: JobConfig, *, with_package: bool = False) -> None:
+    """Parses the trainer flags as the job will, reading its flagfiles from configs/.
+
+    Raises:
+      LaunchError: for a flag the job would fail on, or one its hardware cannot honour.
+    """
+    machine = make_machine_spec(config.machine_type, config.accelerator_type,
+                                config.accelerator_count, config.tpu_topology)
+    target = trainer_args.Target(sets=tuple(hardware_flags(machine, config.replica_count)),
+                                 storage=JOB_STORAGE, ships_configs=not with_package)
+    try:
+        parsed = trainer_args.check(config.trainer_args, target)
+    except trainer_args.TrainerFlagError as e:
+        raise LaunchError(str(e)) from None
+    if "tpuTopology" not in machine and (parsed.tpu or parsed.strategy == "tpu"):
+        flag = parsed["tpu" if parsed.tpu else "strategy"].serialize()
+        raise LaunchError(f"trainer flag {flag} needs a TPU machine type "
+                          f"({', '.join(TPU_TOPOLOGIES)}), not {config.machine_type}")
 
 
 def build_sdist(package_dir: Path, dist_dir: Path) -> Path:
     """Builds the source distribution of the package in `package_dir`; returns its path."""
     if not (package_dir / "setup.py").is_file():
         raise LaunchError(f"--package={package_dir} is not a directory with a setup.py")
+    # Any other project would build and upload, and the job fail on `python -m trainer.main`.
+    if not (package_dir / TRAINER_MODULE.replace(".", "/")).with_suffix(".py").is_file():
+        raise LaunchError(f"--package={package_dir} has no {TRAINER_MODULE}: give the path of "
+                          f"this repository")
     # --egg-base keeps the build's metadata out of the user's checkout.
     result = subprocess.run(
         [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(dist_dir),
@@ -269,7 +326,7 @@ def build_sdist(package_dir: Path, dist_dir: Path) -> Path:
     return sdists[0]
 
 
-@contextmanager
+@contextlib.contextmanager
 def _cloud_errors(action: str) -> Iterator[None]:
     """Turns credential, HTTP and network failures into one-line LaunchErrors."""
     import google.auth.exceptions
@@ -294,11 +351,28 @@ def _one_line(error: object, limit: int = 300) -> str:
 
 def upload_to_gcs(path: Path, uri: str, project: str) -> None:
     """Copies a local file to gs://bucket/object (honours STORAGE_EMULATOR_HOST)."""
+    from google.api_core import exceptions as api_exceptions
     from google.cloud import storage  # Only --package needs it; keeps dry runs light.
 
     bucket, _, name = uri.removeprefix("gs://").partition("/")
     with _cloud_errors(f"uploading {path.name} to {uri}"):
-        storage.Client(project=project).bucket(bucket).blob(name).upload_from_filename(str(path))
+        blob = storage.Client(project=project).bucket(bucket).blob(name)
+        try:
+            # Only if no object is there: a queued job of the same name may still install it.
+            blob.upload_from_filename(str(path), if_generation_match=0)
+        except api_exceptions.PreconditionFailed:
+            raise LaunchError(f"{uri} already exists (the code of an earlier job with this "
+                              f"--display_name, maybe still queued): choose another "
+                              f"--display_name") from None
+
+
+def delete_from_gcs(uri: str, project: str) -> None:
+    """Deletes the object gs://bucket/object."""
+    from google.cloud import storage
+
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    with _cloud_errors(f"deleting {uri}"):
+        storage.Client(project=project).bucket(bucket).blob(name).delete()
 
 
 def submit_custom_job(job: dict[str, Any], project: str, region: str,
@@ -325,15 +399,21 @@ def submit_custom_job(job: dict[str, Any], project: str, region: str,
 def launch(config: JobConfig, *, package_dir: Path | None = None,
            staging_bucket: str | None = None, dry_run: bool = False,
            api_endpoint: str | None = None) -> None:
-    """Builds the job (staging the package if asked), then prints it or submits it."""
+    """Checks everything first, then builds the job (staging any package), prints or submits it."""
     if staging_bucket and package_dir is None:
         raise LaunchError("--staging_bucket is only used with --package")
+    if package_dir is not None and not staging_bucket:
+        raise LaunchError("--package needs --staging_bucket=gs://... for the sdist")
+    # Everything that can be checked here is, before the build and before anything is sent.
+    config.check(with_package=package_dir is not None)
+    if staging_bucket:
+        check_staging_bucket(staging_bucket)
+    if api_endpoint is not None:
+        check_api_endpoint(api_endpoint)
+    check_trainer_flags(config, with_package=package_dir is not None)
     with tempfile.TemporaryDirectory() as dist_dir:
         staged: tuple[Path, str] | None = None  # (local sdist, its gs:// URI)
         if package_dir is not None:
-            if not staging_bucket:
-                raise LaunchError("--package needs --staging_bucket=gs://... for the sdist")
-            config.check(with_package=True)  # Fail before the build on a bad flag.
             sdist = build_sdist(package_dir, Path(dist_dir))
             staged = sdist, staged_package_uri(staging_bucket, config.display_name, sdist.name)
         job = build_custom_job(config, staged[1] if staged else None)
@@ -344,8 +424,16 @@ def launch(config: JobConfig, *, package_dir: Path | None = None,
             return
         if staged:
             upload_to_gcs(*staged, config.project)
-            print(f"uploaded {staged[0].name} to {staged[1]}", file=sys.stderr)
-    created = submit_custom_job(job, config.project, config.region, api_endpoint)
+    try:
+        created = submit_custom_job(job, config.project, config.region, api_endpoint)
+    except LaunchError:
+        if staged:
+            # No job will install it, and it would block a retry under the same name.
+            with contextlib.suppress(LaunchError):
+                delete_from_gcs(staged[1], config.project)
+        raise
+    if staged:
+        print(f"uploaded {staged[0].name} to {staged[1]}", file=sys.stderr)
     print(f"submitted {created['name']}")
     print(console_url(created["name"], config.region, config.project))
 
@@ -353,39 +441,66 @@ def launch(config: JobConfig, *, package_dir: Path | None = None,
 # ---- Command line. ----
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("project", None, "Google Cloud project that runs and pays for the job. "
-                    "Required.")
-flags.DEFINE_string("region", None, "Vertex AI region, e.g. us-central1 (TPU v5e: a region "
-                    "that offers it, e.g. us-west1). Required.")
-flags.DEFINE_string("image_uri", None, "Training image built from launch/Dockerfile (GPU) or "
-                    "launch/Dockerfile.tpu (TPU). Required, except with --package, where it "
-                    f"is the executor image and defaults to {DEFAULT_EXECUTOR_IMAGE}.")
-flags.DEFINE_string("output_dir", None, "gs:// folder for the job's outputs: Vertex AI hands "
-                    "<output_dir>/model, /checkpoints and /logs to the trainer as AIP_MODEL_DIR, "
-                    "AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR. Required.")
-flags.DEFINE_string("display_name", None, "Job name in the console; default seedlings-<UTC time>.")
-flags.DEFINE_string("machine_type", "a2-highgpu-1g", "Machine of every replica: a GPU shape "
-                    "(a2-highgpu-1g/2g/4g/8g, a2-ultragpu-*, a3-highgpu-8g, g2-standard-*), "
-                    "n1-* with --accelerator_type, a TPU v5e host (ct5lp-hightpu-1t/4t/8t) or "
-                    "a CPU machine.")
-flags.DEFINE_string("accelerator_type", None, "GPU type, e.g. NVIDIA_TESLA_T4 for n1 machines; "
-                    "a2/a3/g2 machines imply theirs.")
+
+
+def _define_string(name: str, default: str | None, help: str) -> None:
+    """A string flag that may be left out, but not given empty: `--project=` is a slip."""
+    flags.DEFINE_string(name, default, help)
+    flags.register_validator(name, lambda value: value is None or bool(value.strip()),
+                             message="is empty: give a value or leave the flag out")
+
+
+_define_string("project", None, "Google Cloud project that runs and pays for the job. "
+               "Required.")
+_define_string("region", None, "Vertex AI region, e.g. us-central1 (TPU v5e: a region "
+               "that offers it, e.g. us-west1). Required.")
+_define_string("image_uri", None, "Training image built from launch/Dockerfile (GPU) or "
+               "launch/Dockerfile.tpu (TPU). Required, except with --package, where it "
+               f"is the executor image and defaults to {DEFAULT_EXECUTOR_IMAGE}.")
+_define_string("output_dir", None, "gs:// folder for the job's outputs: Vertex AI hands "
+               "<output_dir>/model, /checkpoints and /logs to the trainer as AIP_MODEL_DIR, "
+               "AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR. Required.")
+_define_string("display_name", None, "Job name in the console, at most 128 characters; default "
+               "seedlings-<UTC time>.")
+_define_string("machine_type", "a2-highgpu-1g", "Machine of every replica: a GPU shape "
+               "(a2-highgpu-1g/2g/4g/8g, a2-ultragpu-*, a3-highgpu-8g, g2-standard-*), "
+               "n1-* with --accelerator_type, a TPU v5e host (ct5lp-hightpu-1t/4t/8t) or "
+               "a CPU machine.")
+_define_string("accelerator_type", None, "GPU type, e.g. NVIDIA_TESLA_T4 for n1 machines; "
+               "a2/a3/g2 machines imply theirs.")
 flags.DEFINE_integer("accelerator_count", None, "GPUs per replica; a2/a3/g2 machines imply "
                      "theirs, n1 machines default to 1.")
-flags.DEFINE_string("tpu_topology", None, "TPU slice shape; must match the machine type "
-                    "(ct5lp-hightpu-1t: 1x1, -4t: 2x2, -8t: 2x4), which implies it.")
-flags.DEFINE_integer("replica_count", 1, "Hosts. Above 1: a chief pool of one replica plus a "
-                     "worker pool of N-1, trained with --strategy=multi_worker_mirrored.")
-flags.DEFINE_string("package", None, "Path of this repository: build its sdist, upload it to "
-                    "--staging_bucket and run it on a prebuilt executor (pythonPackageSpec) "
-                    "instead of --image_uri's container.")
-flags.DEFINE_string("staging_bucket", None, "gs:// folder the --package sdist is uploaded to, "
-                    "under <display_name>/.")
-flags.DEFINE_string("api_endpoint", None, "Vertex AI API root; default "
-                    "https://<region>-aiplatform.googleapis.com (override for Private Service "
-                    "Connect, or a local fake in tests).")
+_define_string("tpu_topology", None, "TPU slice shape; must match the machine type "
+               "(ct5lp-hightpu-1t: 1x1, -4t: 2x2, -8t: 2x4), which implies it.")
+flags.DEFINE_integer("replica_count", 1, f"Hosts, 1 to {MAX_REPLICAS}. Above 1: a chief pool of "
+                     "one replica plus a worker pool of N-1, trained with "
+                     "--strategy=multi_worker_mirrored.")
+_define_string("package", None, "Path of this repository: build its sdist, upload it to "
+               "--staging_bucket and run it on a prebuilt executor (pythonPackageSpec) "
+               "instead of --image_uri's container.")
+_define_string("staging_bucket", None, "gs:// folder the --package sdist is uploaded to, "
+               "under <display_name>/; an earlier job's sdist there is never replaced.")
+_define_string("api_endpoint", None, "Vertex AI API root; default "
+               "https://<region>-aiplatform.googleapis.com (override for Private Service "
+               "Connect, or a local fake in tests: http:// only on localhost).")
 flags.DEFINE_bool("dry_run", False, "Print the CustomJob request body as JSON and send nothing "
                   "(with --package: build the sdist but do not upload it).")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a mistake is one line, and only what follows `--` is the trainer's.
+
+    absl alone would hand main() stray arguments before `--` mixed with the trainer flags.
+    """
+    split = argv.index("--") if "--" in argv else len(argv)
+    try:
+        stray = FLAGS(argv[:split])[1:]
+    except flags.Error as e:
+        sys.exit(f"launch.vertex: error: {' '.join(str(e).split())} (--help lists the flags)")
+    if stray:
+        sys.exit(f"launch.vertex: error: unexpected argument {stray[0]!r}: launcher flags look "
+                 f"like --name=value, and trainer flags go after --")
+    return [argv[0], *argv[split + 1:]]
 
 
 def main(argv: Sequence[str]) -> None:
@@ -401,7 +516,7 @@ def main(argv: Sequence[str]) -> None:
         accelerator_count=FLAGS.accelerator_count,
         tpu_topology=FLAGS.tpu_topology,
         replica_count=FLAGS.replica_count,
-        trainer_args=tuple(argv[1:]),  # absl leaves what follows `--` here.
+        trainer_args=tuple(argv[1:]),  # What followed `--` (see parse_flags).
     )
     try:
         launch(config, package_dir=Path(FLAGS.package) if FLAGS.package else None,
@@ -412,7 +527,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

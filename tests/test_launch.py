@@ -23,16 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from absl import flags
+
+from launch import trainer_args
 
 REPO = Path(__file__).resolve().parents[1]
 TPU_SCRIPT = REPO / "launch" / "tpu_vm.sh"
-BASE = ["--project=p", "--region=us-central1", "--output_dir=gs://b/runs/r1",
+BASE = ["--project=my-project", "--region=us-central1", "--output_dir=gs://my-bucket/runs/r1",
         "--display_name=test-job"]
 GPU_IMAGE = "us-central1-docker.pkg.dev/p/seedlings/trainer-gpu:abc"
 # Values for the shell variables used in the documented commands.
-DOC_VARS = {"PROJECT": "p", "REGION": "us-central1", "ZONE": "us-west4-a", "BUCKET": "gs://b",
-            "IMAGE": GPU_IMAGE, "TPU_IMAGE": "us-central1-docker.pkg.dev/p/seedlings/tpu:abc"}
+DOC_VARS = {"PROJECT": "my-project", "REGION": "us-central1", "ZONE": "us-west4-a",
+            "BUCKET": "gs://my-bucket", "IMAGE": GPU_IMAGE,
+            "TPU_IMAGE": "us-central1-docker.pkg.dev/p/seedlings/tpu:abc"}
 
 
 def hermetic_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -46,8 +48,9 @@ def hermetic_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_vertex(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "launch.vertex", *args], cwd=REPO, env=env,
+def run_vertex(*args: str, env: dict[str, str] | None = None,
+               cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "launch.vertex", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -57,12 +60,13 @@ def dry_run_job(*args: str) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
-    assert result.returncode == 1, (result.stdout, result.stderr)
+def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str,
+                          prog: str = "launch.vertex", status: int = 1) -> None:
+    assert result.returncode == status, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("launch.vertex: error: "), result.stderr
-    assert expected in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), result.stderr
+    assert expected in lines[0], lines[0]
 
 
 # ---- The request body of each job kind, field by field. ----
@@ -70,10 +74,10 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: st
 
 def test_single_gpu_job() -> None:
     job = dry_run_job(f"--image_uri={GPU_IMAGE}", "--machine_type=a2-highgpu-1g",
-                      "--", "--flagfile=configs/gpu_1x.cfg", "--data_dir=gs://b/records")
+                      "--", "--flagfile=configs/gpu_1x.cfg", "--data_dir=gs://my-bucket/records")
 
     assert job["displayName"] == "test-job"
-    assert job["jobSpec"]["baseOutputDirectory"] == {"outputUriPrefix": "gs://b/runs/r1"}
+    assert job["jobSpec"]["baseOutputDirectory"] == {"outputUriPrefix": "gs://my-bucket/runs/r1"}
     (pool,) = job["jobSpec"]["workerPoolSpecs"]
     assert pool["machineSpec"] == {"machineType": "a2-highgpu-1g",
                                    "acceleratorType": "NVIDIA_TESLA_A100", "acceleratorCount": 1}
@@ -81,7 +85,7 @@ def test_single_gpu_job() -> None:
     # No `command`: the image's ENTRYPOINT runs the trainer; one host needs no --strategy.
     assert pool["containerSpec"] == {
         "imageUri": GPU_IMAGE,
-        "args": ["--flagfile=configs/gpu_1x.cfg", "--data_dir=gs://b/records"],
+        "args": ["--flagfile=configs/gpu_1x.cfg", "--data_dir=gs://my-bucket/records"],
     }
     assert set(job) == {"displayName", "jobSpec"}
 
@@ -96,7 +100,7 @@ def test_n1_machine_takes_gpus_as_attachments() -> None:
 
 def test_multi_worker_job_has_a_chief_pool_and_a_worker_pool() -> None:
     job = dry_run_job(f"--image_uri={GPU_IMAGE}", "--machine_type=a2-highgpu-4g",
-                      "--replica_count=3", "--", "--data_dir=gs://b/records")
+                      "--replica_count=3", "--", "--data_dir=gs://my-bucket/records")
 
     chief, workers = job["jobSpec"]["workerPoolSpecs"]
     assert chief["replicaCount"] == 1
@@ -107,7 +111,7 @@ def test_multi_worker_job_has_a_chief_pool_and_a_worker_pool() -> None:
                                        "acceleratorCount": 4}
         assert pool["containerSpec"] == {
             "imageUri": GPU_IMAGE,
-            "args": ["--strategy=multi_worker_mirrored", "--data_dir=gs://b/records"],
+            "args": ["--strategy=multi_worker_mirrored", "--data_dir=gs://my-bucket/records"],
         }
 
 
@@ -136,7 +140,7 @@ def test_python_package_dry_run_builds_the_sdist_but_uploads_nothing(gcs_emulato
                                                                      tmp_path: Path) -> None:
     staging = f"gs://{gcs_emulator.bucket}/dry-run-staging"
     result = run_vertex(*BASE, "--dry_run", f"--package={REPO}", f"--staging_bucket={staging}",
-                        "--", "--model=resnet50",
+                        "--", "--model=resnet50", "--data_dir=gs://my-bucket/records",
                         env=hermetic_env(tmp_path, **gcs_emulator.storage_env))
     assert result.returncode == 0, result.stderr
     job = json.loads(result.stdout)
@@ -149,7 +153,7 @@ def test_python_package_dry_run_builds_the_sdist_but_uploads_nothing(gcs_emulato
     (uri,) = spec["packageUris"]
     assert re.fullmatch(rf"{staging}/test-job/seedlings-\d+\.\d+\.\d+\.tar\.gz", uri)
     assert spec["pythonModule"] == "trainer.main"
-    assert spec["args"] == ["--model=resnet50"]
+    assert spec["args"] == ["--model=resnet50", "--data_dir=gs://my-bucket/records"]
     assert f"would upload {uri.rsplit('/', 1)[1]} to {uri}" in result.stderr
     assert gcs_emulator.list_objects("dry-run-staging/") == []
 
@@ -157,16 +161,37 @@ def test_python_package_dry_run_builds_the_sdist_but_uploads_nothing(gcs_emulato
 # ---- Mistakes: one line on stderr, exit status 1, nothing sent. ----
 
 GPU = [f"--image_uri={GPU_IMAGE}"]
+PACKAGE = [f"--package={REPO}", "--staging_bucket=gs://my-bucket/s"]
+DATA = "--data_dir=gs://my-bucket/records"
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--region=us-central1", "--output_dir=gs://b/o", *GPU], "--project is required"),
-    (["--project=p", "--output_dir=gs://b/o", *GPU], "--region is required"),
-    (["--project=p", "--region=us-central1", *GPU], "--output_dir is required"),
-    (["--project=p", "--region=us central", "--output_dir=gs://b/o", *GPU], "not a region"),
-    (["--project=p", "--region=us-central1", "--output_dir=/tmp/out", *GPU],
-     "--output_dir must be a gs:// path"),
+    (["--region=us-central1", "--output_dir=gs://my-bucket/o", *GPU], "--project is required"),
+    (["--project=my-project", "--output_dir=gs://my-bucket/o", *GPU], "--region is required"),
+    (["--project=my-project", "--region=us-central1", *GPU], "--output_dir is required"),
+    ([*BASE, *GPU, "--region=us central"], "not a region"),
+    ([*BASE, *GPU, "--output_dir=/tmp/out"],
+     "--output_dir=/tmp/out: must be gs://BUCKET/PATH (the job's machines cannot see local"),
+    ([*BASE, *GPU, "--output_dir=gs://"], "--output_dir=gs://: names no bucket"),
+    ([*BASE, *GPU, "--output_dir=gs://b b/r"], "'b b' is not a bucket name (3-63 lowercase"),
+    ([*BASE, *GPU, "--output_dir=gs://b/r"], "'b' is not a bucket name"),
+    ([*BASE, *GPU, "--output_dir=gs://-bucket/r"], "'-bucket' is not a bucket name"),
+    ([*BASE, *GPU, "--project=my project"], "--project=my project is not a project ID (6-30"),
+    ([*BASE, *GPU, "--project=p"], "--project=p is not a project ID"),
+    ([*BASE, *GPU, "--project=my-project-"], "is not a project ID"),
+    ([*BASE, *GPU, "--project="], "flag --project=: is empty: give a value or leave the flag"),
+    ([*BASE, *GPU, "--machine_type=n1-standard-8", "--accelerator_type="],
+     "flag --accelerator_type=: is empty"),
+    ([*BASE, *GPU, "--display_name=" + "x" * 200],
+     "--display_name must be 1 to 128 characters, got 200"),
+    ([*BASE, *GPU, "--display_name= "], "flag --display_name= : is empty"),
     ([*BASE], "--image_uri is required"),
+    ([*BASE, "--image_uri=my image"], "--image_uri=my image is not an image reference"),
+    ([*BASE, *GPU, "--api_endpoint=notaurl"], "--api_endpoint=notaurl is not an http(s) URL"),
+    ([*BASE, *GPU, "--api_endpoint=http://example.com"], "would send your credentials unencrypted"),
+    ([*BASE, *GPU, "--bogus=1"], "Unknown command line flag 'bogus' (--help lists the flags)"),
+    ([*BASE, *GPU, "--replica_count=two"], "flag --replica_count=two: "),
+    ([*BASE, *GPU, "stray", "--", DATA], "unexpected argument 'stray': launcher flags look like"),
     ([*BASE, *GPU, "--machine_type=n1-standard-8", "--accelerator_type=NVIDIA_TESLA_T4",
       "--accelerator_count=8"], "--accelerator_count=8 is not allowed for NVIDIA_TESLA_T4"),
     ([*BASE, *GPU, "--machine_type=n1-standard-8", "--accelerator_type=NVIDIA_L4"],
@@ -186,24 +211,106 @@ GPU = [f"--image_uri={GPU_IMAGE}"]
      "is a TPU machine"),
     ([*BASE, *GPU, "--machine_type=ct5lp-hightpu-8t", "--replica_count=2"],
      "TPU jobs run on one host"),
-    ([*BASE, *GPU, "--replica_count=0"], "--replica_count must be at least 1"),
-    ([*BASE, *GPU, "--replica_count=2", "--", "--strategy=mirrored"],
-     "--strategy=mirrored conflicts with this job's hardware, which needs "
-     "--strategy=multi_worker_mirrored"),
-    ([*BASE, *GPU, "--", "--data_dir", "gs://b/records"],
-     "trainer arguments must be --name=value flags, got 'gs://b/records'"),
+    ([*BASE, *GPU, "--replica_count=0"], "--replica_count must be in [1, 64], got 0"),
+    ([*BASE, *GPU, "--replica_count=100000"], "--replica_count must be in [1, 64], got 100000"),
     ([*BASE, f"--package={REPO}"], "--package needs --staging_bucket"),
-    ([*BASE, *GPU, "--staging_bucket=gs://b/staging"],
+    ([*BASE, *GPU, "--staging_bucket=gs://my-bucket/staging"],
      "--staging_bucket is only used with --package"),
     ([*BASE, f"--package={REPO}", "--staging_bucket=/tmp/staging"],
-     "--staging_bucket must be a gs:// path"),
-    ([*BASE, f"--package={REPO / 'configs'}", "--staging_bucket=gs://b/s"],
+     "--staging_bucket=/tmp/staging: must be gs://BUCKET/PATH"),
+    ([*BASE, f"--package={REPO}", "--staging_bucket=gs://"], "--staging_bucket=gs://: names no"),
+    ([*BASE, f"--package={REPO / 'configs'}", "--staging_bucket=gs://my-bucket/s", "--", DATA],
      "is not a directory with a setup.py"),
-    ([*BASE, f"--package={REPO}", "--staging_bucket=gs://b/s", "--machine_type=ct5lp-hightpu-8t"],
-     "no prebuilt TPU executor"),
+    ([*BASE, *PACKAGE, "--machine_type=ct5lp-hightpu-8t"], "no prebuilt TPU executor"),
+    # The sdist installs only the Python packages: no configs/, for flagfiles or the demo.
+    ([*BASE, *PACKAGE, "--", "--flagfile=configs/gpu_1x.cfg", DATA],
+     "trainer flag --flagfile=configs/gpu_1x.cfg: this job's code has no configs/"),
+    ([*BASE, *PACKAGE, "--", "--model=resnet50"], "trainer flag --data_dir is required here"),
 ])
 def test_bad_input_is_a_one_line_error(args: list[str], expected: str) -> None:
-    assert_one_line_error(run_vertex(*args, "--dry_run"), expected)
+    assert_one_line_error(run_vertex("--dry_run", *args), expected)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--bogus=1"], "trainer flag --bogus=1: trainer.main has no such flag"),
+    (["--image_sise=64"], "trainer flag --image_sise=64: trainer.main has no such flag (did you "
+                          "mean --image_size?)"),
+    (["--image_size=100000"],
+     "trainer flag --image_size=100000: 100000 is not an integer in the range [32, 2048]"),
+    (["--learning_rate=nan"], "trainer flag --learning_rate=nan: must be a finite number"),
+    (["--model=resnet51"], "trainer flag --model=resnet51: value should be one of <resnet18|"),
+    (["--cache_decoded=maybe"], "trainer flag --cache_decoded=maybe: "),
+    (["--batch_size"], "trainer flags: Missing value for flag --batch_size"),
+    (["--train_steps=0", "--epochs=0", DATA], "trainer flags: set --train_steps or --epochs"),
+    (["--data_dir", "gs://my-bucket/records"],
+     "trainer arguments must be --name=value flags, got 'gs://my-bucket/records'"),
+    (["--model=resnet50", "--", "--width=8"], "trainer arguments must be --name=value flags, "
+                                              "got '--'"),
+    (["--flagfile=configs/nope.cfg"],
+     f"trainer flag --flagfile=configs/nope.cfg: there is no file {REPO}/configs/nope.cfg"),
+    ([f"--flagfile={REPO}/configs/gpu_1x.cfg"], "the job has only the repository's configs/"),
+    (["--flagfile=setup.py"], "trainer flag --flagfile=setup.py: the job has only the "
+                              "repository's configs/ folder: put the file there"),
+    (["--flagfile=configs/../setup.py"], "the job has only the repository's configs/"),
+    (["--data_dir=/local/path"], "trainer flag --data_dir=/local/path: must be gs://BUCKET/PATH "
+                                 "or /gcs/BUCKET/PATH (the job's machines cannot see local"),
+    (["--model_dir=output/run"], "trainer flag --model_dir=output/run: must be gs://"),
+    (["--data_dir=gs://"], "trainer flag --data_dir=gs://: names no bucket"),
+    (["--data_dir="], "trainer flag --data_dir= is empty: give gs://BUCKET/PATH or leave it out"),
+    (["--flagfile=configs/gpu_1x.cfg", "--model_dir=/gcs/B/run"], "'B' is not a bucket name"),
+    (["--strategy=tpu"], "trainer flag --strategy=tpu needs a TPU machine type (ct5lp-hightpu"),
+    (["--tpu=local"], "trainer flag --tpu=local needs a TPU machine type"),
+    (["--run_with_pdb"], "trainer flag --run_with_pdb: trainer.main has no such flag"),
+])
+def test_bad_trainer_flag_is_a_one_line_error_and_sends_nothing(
+        args: list[str], expected: str, fake_vertex: tuple[FakeVertex, dict]) -> None:
+    server, env = fake_vertex
+    result = run_vertex(*BASE, *GPU, f"--api_endpoint={server.url}", "--", *args, env=env)
+    assert_one_line_error(result, expected)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--replica_count=2", "--", "--strategy=mirrored"], "trainer flag --strategy=mirrored: the "
+     "launcher sets --strategy=multi_worker_mirrored for this hardware; drop it"),
+    (["--machine_type=ct5lp-hightpu-8t", "--", "--tpu=my-tpu"],
+     "trainer flag --tpu=my-tpu: the launcher sets --tpu=local for this hardware"),
+    (["--machine_type=ct5lp-hightpu-8t", "--", "--flagfile=configs/tpu_v5e_8.cfg",
+      "--strategy=tpu"], "trainer flag --strategy=tpu: the launcher sets --strategy=tpu"),
+])
+def test_flags_the_launcher_sets_are_refused(args: list[str], expected: str) -> None:
+    assert_one_line_error(run_vertex(*BASE, *GPU, "--dry_run", *args), expected)
+
+
+def test_trainer_flags_are_read_as_the_job_reads_them(tmp_path: Path) -> None:
+    # From another folder: flagfiles are the repository's configs/, as in the image's /app.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = ["--flagfile=configs/gpu_1x.cfg", "--data_dir=/gcs/my-bucket/records",
+            "--model_dir=gs://my-bucket/runs/r1/model", "--v=1", "--alsologtostderr"]
+    result = run_vertex(*BASE, *GPU, "--dry_run", "--", *args, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # Sent as given: the job resolves configs/ against its own copy.
+    assert json.loads(result.stdout)["jobSpec"]["workerPoolSpecs"][0]["containerSpec"][
+        "args"] == args
+
+
+def test_package_of_another_project_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "setup.py").write_text("import setuptools\nsetuptools.setup(name='other')\n")
+    result = run_vertex(*BASE, "--dry_run", f"--package={tmp_path}",
+                        "--staging_bucket=gs://my-bucket/s", "--", DATA)
+    assert_one_line_error(result, f"--package={tmp_path} has no trainer.main: give the path of "
+                                  f"this repository")
+
+
+def test_launchers_import_no_tensorflow() -> None:
+    # The trainer-flag check included: it must answer in a moment, not after TF's import.
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "launch.vertex", *BASE, *GPU, "--dry_run",
+         "--", "--flagfile=configs/gpu_1x.cfg", DATA],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "trainer.config" in result.stderr  # The import log is there,
+    assert "tensorflow" not in result.stderr  # and TF is not in it.
 
 
 def test_help_documents_every_flag() -> None:
@@ -260,22 +367,28 @@ class _FakeVertexHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def fake_vertex(tmp_path: Path) -> Iterator[tuple[FakeVertex, dict[str, str]]]:
-    """The fake server, and an environment whose ADC is a key that trades tokens with it."""
+@pytest.fixture(scope="module")
+def private_key_pem() -> str:
+    """A throw-away RSA key, made once: generating one costs more than a launcher run."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+@pytest.fixture
+def fake_vertex(tmp_path: Path,
+                private_key_pem: str) -> Iterator[tuple[FakeVertex, dict[str, str]]]:
+    """The fake server, and an environment whose ADC is a key that trades tokens with it."""
     server = FakeVertex()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_file = tmp_path / "service-account.json"
     key_file.write_text(json.dumps({
         "type": "service_account", "project_id": "p", "private_key_id": "test",
-        "private_key": key.private_bytes(serialization.Encoding.PEM,
-                                         serialization.PrivateFormat.PKCS8,
-                                         serialization.NoEncryption()).decode(),
+        "private_key": private_key_pem,
         "client_email": "trainer@p.iam.gserviceaccount.com", "client_id": "1",
         "token_uri": f"{server.url}/token",
     }))
@@ -289,16 +402,17 @@ def fake_vertex(tmp_path: Path) -> Iterator[tuple[FakeVertex, dict[str, str]]]:
 def test_submit_prints_the_job_name_and_console_link(fake_vertex: tuple[FakeVertex, dict]) -> None:
     server, env = fake_vertex
     result = run_vertex(*BASE, *GPU, f"--api_endpoint={server.url}", "--",
-                        "--data_dir=gs://b/records", env=env)
+                        "--data_dir=gs://my-bucket/records", env=env)
 
     assert result.returncode == 0, result.stderr
     (request,) = server.requests
-    assert request["path"] == "/v1/projects/p/locations/us-central1/customJobs"
+    assert request["path"] == "/v1/projects/my-project/locations/us-central1/customJobs"
     assert request["authorization"] == "Bearer fake-token"
-    assert request["body"] == dry_run_job(*GPU, "--", "--data_dir=gs://b/records")
+    assert request["body"] == dry_run_job(*GPU, "--", "--data_dir=gs://my-bucket/records")
     assert result.stdout.splitlines() == [
         "submitted projects/123/locations/us-central1/customJobs/456",
-        "https://console.cloud.google.com/vertex-ai/locations/us-central1/training/456?project=p",
+        "https://console.cloud.google.com/vertex-ai/locations/us-central1/training/456"
+        "?project=my-project",
     ]
 
 
@@ -316,8 +430,9 @@ def test_package_is_uploaded_and_run_from_the_staging_bucket(
     server, env = fake_vertex
     env.update(gcs_emulator.storage_env)
     staging = f"gs://{gcs_emulator.bucket}/staging"
-    result = run_vertex(*BASE, f"--package={REPO}", f"--staging_bucket={staging}",
-                        f"--api_endpoint={server.url}", "--", "--model=resnet50", env=env)
+    args = [*BASE, f"--package={REPO}", f"--staging_bucket={staging}",
+            f"--api_endpoint={server.url}", "--", "--model=resnet50", DATA]
+    result = run_vertex(*args, env=env)
     assert result.returncode == 0, result.stderr
 
     (name,) = gcs_emulator.list_objects("staging/")
@@ -325,16 +440,36 @@ def test_package_is_uploaded_and_run_from_the_staging_bucket(
     spec = server.requests[0]["body"]["jobSpec"]["workerPoolSpecs"][0]["pythonPackageSpec"]
     assert spec["packageUris"] == [f"gs://{gcs_emulator.bucket}/{name}"]
     # What Vertex would pip-install: the sdist of this repository, trainer included.
-    with tarfile.open(fileobj=io.BytesIO(gcs_emulator.read_object(name))) as sdist:
+    uploaded = gcs_emulator.read_object(name)
+    with tarfile.open(fileobj=io.BytesIO(uploaded)) as sdist:
         members = {m.split("/", 1)[1] for m in sdist.getnames() if "/" in m}
     assert {"setup.py", "trainer/main.py", "input_pipeline/__init__.py"} <= members
+
+    # The same job name again would replace the code the first job (maybe still queued) runs.
+    again = run_vertex(*args, env=env)
+    assert_one_line_error(again, f"gs://{gcs_emulator.bucket}/{name} already exists")
+    assert "choose another --display_name" in again.stderr
+    assert len(server.requests) == 1 and gcs_emulator.read_object(name) == uploaded
+
+
+def test_package_of_a_rejected_job_is_deleted(gcs_emulator: Any,
+                                              fake_vertex: tuple[FakeVertex, dict]) -> None:
+    server, env = fake_vertex
+    env.update(gcs_emulator.storage_env)
+    server.reply = (400, {"error": {"message": "Quota exceeded."}})
+    result = run_vertex(*BASE, f"--package={REPO}",
+                        f"--staging_bucket=gs://{gcs_emulator.bucket}/rejected",
+                        f"--api_endpoint={server.url}", "--", DATA, env=env)
+    assert_one_line_error(result, "Vertex AI rejected the job (HTTP 400): Quota exceeded.")
+    # No job will install it, and it would stop a retry under the same --display_name.
+    assert gcs_emulator.list_objects("rejected/") == []
 
 
 
 def test_upload_failure_is_a_one_line_error(gcs_emulator: Any, tmp_path: Path) -> None:
     env = hermetic_env(tmp_path, **gcs_emulator.storage_env)
     result = run_vertex(*BASE, f"--package={REPO}", "--staging_bucket=gs://no-such-bucket/s",
-                        "--api_endpoint=http://127.0.0.1:9", env=env)
+                        "--api_endpoint=http://127.0.0.1:9", "--", DATA, env=env)
     assert_one_line_error(result, "uploading seedlings-")
     assert "gs://no-such-bucket/s/test-job/" in result.stderr and "404" in result.stderr
 
@@ -343,7 +478,7 @@ def test_upload_failure_is_a_one_line_error(gcs_emulator: Any, tmp_path: Path) -
 
 @pytest.fixture
 def gcloud_stub(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    """An environment whose `gcloud` logs its arguments; FAKE_*_RC choose its exit codes."""
+    """An environment whose `gcloud` logs its arguments; FAKE_* choose its answers."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "gcloud.log"
@@ -351,12 +486,14 @@ def gcloud_stub(tmp_path: Path) -> tuple[dict[str, str], Path]:
     stub.write_text('#!/usr/bin/env bash\n'
                     'printf "%s\\0" "$@" >> "$GCLOUD_LOG"; echo >> "$GCLOUD_LOG"\n'
                     'case " $* " in\n'
-                    '  *" describe "*) exit "${FAKE_DESCRIBE_RC:-1}" ;;\n'
+                    '  *" describe "*) echo "${FAKE_DESCRIBE_OUT:-}"; '
+                    'exit "${FAKE_DESCRIBE_RC:-1}" ;;\n'
                     '  *trainer.main*) exit "${FAKE_TRAIN_RC:-0}" ;;\n'
                     'esac\n')
     stub.chmod(0o755)
     env = hermetic_env(tmp_path, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-                       GCLOUD_LOG=str(log), TMPDIR=str(tmp_path))
+                       GCLOUD_LOG=str(log), TMPDIR=str(tmp_path),
+                       PYTHON=sys.executable)  # The script checks the trainer flags with it.
     return env, log
 
 
@@ -371,17 +508,18 @@ def run_tpu_script(*args: str, env: dict[str, str]) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=60, check=False)
 
 
-TPU_ARGS = ["--project=p", "--zone=us-west4-a", "--name=v5e", "--accelerator_type=v5litepod-8",
-            "--version=v2-alpha-tpuv5-lite"]
-WHERE = ["--zone=us-west4-a", "--project=p"]
+TPU_ARGS = ["--project=my-project", "--zone=us-west4-a", "--name=v5e",
+            "--accelerator_type=v5litepod-8", "--version=v2-alpha-tpuv5-lite"]
+MODEL_DIR = "--model_dir=gs://my-bucket/runs/v5e"
+WHERE = ["--zone=us-west4-a", "--project=my-project"]
 
 
 def test_tpu_script_dry_run_prints_the_gcloud_commands(gcloud_stub: tuple[dict, Path],
                                                        tmp_path: Path) -> None:
     env, log = gcloud_stub
     result = run_tpu_script(*TPU_ARGS, "--delete", "--dry_run", "--",
-                            "--flagfile=configs/tpu_v5e_8.cfg", "--data_dir=gs://b/my records",
-                            env=env)
+                            "--flagfile=configs/tpu_v5e_8.cfg",
+                            "--data_dir=gs://my-bucket/my records", MODEL_DIR, env=env)
     assert result.returncode == 0, result.stderr
     assert gcloud_calls(log) == []  # Printed, never run.
 
@@ -400,14 +538,14 @@ def test_tpu_script_dry_run_prints_the_gcloud_commands(gcloud_stub: tuple[dict, 
     # The remote shell gets the trainer flags back exactly, spaces included.
     assert shlex.split(remote) == [
         "cd", "seedlings", "&&", "python3", "-m", "trainer.main", "--strategy=tpu", "--tpu=local",
-        "--flagfile=configs/tpu_v5e_8.cfg", "--data_dir=gs://b/my records"]
+        "--flagfile=configs/tpu_v5e_8.cfg", "--data_dir=gs://my-bucket/my records", MODEL_DIR]
     assert delete == [*tpu_vm, "delete", "v5e", *WHERE, "--quiet"]
 
 
 def test_tpu_script_creates_installs_trains_and_deletes(gcloud_stub: tuple[dict, Path],
                                                         tmp_path: Path) -> None:
     env, log = gcloud_stub
-    result = run_tpu_script(*TPU_ARGS, "--delete", "--", "--model=resnet50", env=env)
+    result = run_tpu_script(*TPU_ARGS, "--delete", "--", "--model=resnet50", MODEL_DIR, env=env)
     assert result.returncode == 0, result.stderr
 
     verbs = [call[3] for call in gcloud_calls(log)]
@@ -420,30 +558,89 @@ def test_tpu_script_creates_installs_trains_and_deletes(gcloud_stub: tuple[dict,
 
 def test_tpu_script_reuses_an_existing_vm_and_keeps_it(gcloud_stub: tuple[dict, Path]) -> None:
     env, log = gcloud_stub
-    result = run_tpu_script(*TPU_ARGS, env={**env, "FAKE_DESCRIBE_RC": "0"})
+    result = run_tpu_script(*TPU_ARGS, "--", MODEL_DIR,
+                            env={**env, "FAKE_DESCRIBE_RC": "0",
+                                 "FAKE_DESCRIBE_OUT": "v5litepod-8"})
     assert result.returncode == 0, result.stderr
     assert [call[3] for call in gcloud_calls(log)] == ["describe", "scp", "ssh", "ssh"]
 
 
+def test_tpu_script_refuses_an_existing_vm_of_another_type(gcloud_stub: tuple[dict, Path]) -> None:
+    env, log = gcloud_stub
+    result = run_tpu_script(*TPU_ARGS, "--delete", "--", MODEL_DIR,
+                            env={**env, "FAKE_DESCRIBE_RC": "0", "FAKE_DESCRIBE_OUT": "v4-8"})
+    assert_one_line_error(result, "TPU VM v5e already exists as a v4-8, not v5litepod-8: use "
+                                  "another --name, or --accelerator_type=v4-8", "tpu_vm.sh", 2)
+    # Neither used nor deleted: it is someone's VM.
+    assert [call[3] for call in gcloud_calls(log)] == ["describe"]
+
+
 def test_tpu_script_deletes_the_vm_when_training_fails(gcloud_stub: tuple[dict, Path]) -> None:
     env, log = gcloud_stub
-    result = run_tpu_script(*TPU_ARGS, "--delete", env={**env, "FAKE_TRAIN_RC": "3"})
+    result = run_tpu_script(*TPU_ARGS, "--delete", "--", MODEL_DIR,
+                            env={**env, "FAKE_TRAIN_RC": "3"})
     assert result.returncode == 3
     assert [call[3] for call in gcloud_calls(log)][-2:] == ["ssh", "delete"]
 
 
+TPU_WHERE = ["--project=my-project", "--zone=us-west4-a"]
+
+
 @pytest.mark.parametrize("args, expected", [
-    (["--zone=z"], "--project and --zone are required"),
-    (["--project=p", "--zone=z", "--model=resnet50"], "unknown argument --model=resnet50"),
+    (["--zone=us-west4-a", "--", MODEL_DIR], "--project is required"),
+    (["--project=", "--zone=us-west4-a", "--", MODEL_DIR], "--project is required"),
+    (["--project=my-project", "--", MODEL_DIR], "--zone is required"),
     (["--project"], "--project needs a value"),
+    (["--project", "--zone=us-west4-a"], "--project needs a value"),
+    (["--project=my project", "--zone=us-west4-a", "--", MODEL_DIR],
+     "--project=my project is not a project ID (6-30 lowercase"),
+    ([*TPU_WHERE, "--zone=us west", "--", MODEL_DIR], "--zone=us west is not a zone like us-west4"),
+    ([*TPU_WHERE, "--name=Bad_Name", "--", MODEL_DIR], "--name=Bad_Name is not a TPU name (up to"),
+    ([*TPU_WHERE, "--name=" + "a" * 64, "--", MODEL_DIR], "is not a TPU name"),
+    ([*TPU_WHERE, "--accelerator_type=garbage", "--", MODEL_DIR],
+     "--accelerator_type=garbage is not a TPU type like v5litepod-8"),
+    ([*TPU_WHERE, "--version=a b", "--", MODEL_DIR], "--version=a b is not a TPU software version"),
+    ([*TPU_WHERE, "--model=resnet50"], "unknown argument --model=resnet50 (trainer flags go after"),
+    ([*TPU_WHERE, "stray", "--", MODEL_DIR], "unknown argument stray"),
+    # The trainer flags: the same check as launch.vertex's, and --model_dir must be gs://.
+    ([*TPU_WHERE], "trainer flag --model_dir is required here"),
+    ([*TPU_WHERE, "--", "--model_dir=/tmp/run"],
+     "trainer flag --model_dir=/tmp/run: must be gs://BUCKET/PATH (the job's machines cannot"),
+    ([*TPU_WHERE, "--", MODEL_DIR, "--data_dir=/data/records"],
+     "trainer flag --data_dir=/data/records: must be gs://BUCKET/PATH"),
+    ([*TPU_WHERE, "--", MODEL_DIR, "--data_dir=gs://b b/r"], "'b b' is not a bucket name"),
+    ([*TPU_WHERE, "--", MODEL_DIR, "--bogus=1"], "trainer flag --bogus=1: trainer.main has no"),
+    ([*TPU_WHERE, "--", MODEL_DIR, "--image_size=100000"],
+     "trainer flag --image_size=100000: 100000 is not an integer in the range [32, 2048]"),
+    ([*TPU_WHERE, "--", MODEL_DIR, "--learning_rate=nan"], "trainer flag --learning_rate=nan: "),
+    ([*TPU_WHERE, "--", MODEL_DIR, "--strategy=mirrored"],
+     "trainer flag --strategy=mirrored: the launcher sets --strategy=tpu for this hardware"),
+    ([*TPU_WHERE, "--", MODEL_DIR, "--flagfile=configs/nope.cfg"],
+     "trainer flag --flagfile=configs/nope.cfg: there is no file"),
 ])
-def test_tpu_script_usage_errors(args: list[str], expected: str,
-                                 gcloud_stub: tuple[dict, Path]) -> None:
+def test_tpu_script_bad_input_is_a_one_line_error(args: list[str], expected: str,
+                                                  gcloud_stub: tuple[dict, Path]) -> None:
     env, log = gcloud_stub
-    result = run_tpu_script(*args, env=env)
-    assert result.returncode == 2
-    assert expected in result.stderr and result.stdout == ""
-    assert "launch/tpu_vm.sh --project=P --zone=Z" in result.stderr  # The usage, on stderr.
+    result = run_tpu_script(*args, env=env)  # Not a dry run: the stub would record a create.
+    assert_one_line_error(result, expected, "tpu_vm.sh", 2)
+    assert result.stdout == ""
+    assert gcloud_calls(log) == []
+
+
+def test_tpu_script_without_a_usable_python_is_a_one_line_error(
+        gcloud_stub: tuple[dict, Path], tmp_path: Path) -> None:
+    env, log = gcloud_stub
+    args = [*TPU_WHERE, "--", MODEL_DIR]
+    result = run_tpu_script(*args, env={**env, "PYTHON": str(tmp_path / "no-python")})
+    assert_one_line_error(result, f"no {tmp_path / 'no-python'} to check the trainer flags with",
+                          "tpu_vm.sh", 2)
+    # A Python without this repository's requirements (-S: no site-packages, so no absl).
+    bare = tmp_path / "bare-python"
+    bare.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -S "$@"\n')
+    bare.chmod(0o755)
+    result = run_tpu_script(*args, env={**env, "PYTHON": str(bare)})
+    assert_one_line_error(result, f"{bare} could not check the trainer flags "
+                                  f"(ModuleNotFoundError: No module named 'absl')", "tpu_vm.sh", 2)
     assert gcloud_calls(log) == []
 
 
@@ -493,30 +690,13 @@ def test_dockerfile(name: str, extra: str, find_links: str | None) -> None:
 
 # ---- Flagfiles. ----
 
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.cfg"))
 
 
-def trainer_flag_values() -> flags.FlagValues:
-    """The trainer's flags as documented for the launchers (names, kinds and choices)."""
-    fv = flags.FlagValues()
-    for name, choices in [
-            ("strategy", STRATEGIES), ("mixed_precision", PRECISIONS),
-            ("model", ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")),
-            ("optimizer", ("sgd", "adamw")), ("jit_compile", ("auto", "true", "false")),
-            ("mode", ("train", "train_and_eval", "eval", "export"))]:
-        flags.DEFINE_enum(name, choices[0], choices, "", flag_values=fv)
-    for name in ("cpu_devices", "width", "image_size", "batch_size", "train_steps",
-                 "steps_per_loop", "eval_every", "checkpoint_every", "keep_checkpoints", "seed"):
-        flags.DEFINE_integer(name, 0, "", flag_values=fv)
-    for name in ("epochs", "learning_rate", "warmup_epochs", "weight_decay", "label_smoothing"):
-        flags.DEFINE_float(name, 0.0, "", flag_values=fv)
-    for name in ("tpu", "data_dir", "model_dir", "profile_steps"):
-        flags.DEFINE_string(name, None, "", flag_values=fv)
-    for name in ("zero_init_residual", "cache_decoded"):
-        flags.DEFINE_bool(name, False, "", flag_values=fv)
-    return fv
+def test_the_checked_flags_are_the_trainers() -> None:
+    # The launchers' check names these; a rename in trainer/config.py must show up here.
+    names = set(trainer_args.trainer_flag_values())
+    assert {*trainer_args.SHARED_PATH_FLAGS, "strategy", "tpu"} <= names
 
 
 def test_every_config_is_there() -> None:
@@ -535,8 +715,8 @@ def test_config_is_a_flagfile_of_trainer_flags(name: str) -> None:
     # Hardware flags come from the launchers; here they would defeat launch.vertex's check.
     assert not any(line.startswith(("--strategy=", "--tpu=")) for line in settings)
 
-    fv = trainer_flag_values()
-    fv(["trainer", f"--flagfile={path}"])  # Unknown flags or bad values raise.
+    # As the launchers read it: unknown flags or bad values raise.
+    fv = trainer_args.check([f"--flagfile=configs/{name}"], trainer_args.Target())
     if name == "cpu_demo.cfg":
         assert (fv.model, fv.width, fv.mixed_precision) == ("resnet18", 16, "float32")
         assert 64 <= fv.image_size <= 96 and fv.batch_size == 64 and 0 < fv.train_steps <= 5000
