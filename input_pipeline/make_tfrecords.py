@@ -231,20 +231,9 @@ def _check_class_name(root: str, name: str) -> None:
         )
 
 
-def _check_no_tilde(path: str, flag: str) -> None:
-    # A shell expands ~ only at the start of a word, so `--flag=~/x` arrives
-    # as is: an input "does not exist", an output would land in ./~/x.
-    if path.startswith("~"):
-        raise ConversionError(
-            f"{flag}={path} starts with ~, which the shell does not expand after '=': "
-            f"write {flag} {path} (a space, no '=') or use $HOME"
-        )
-
-
 def _check_input_dir(input_dir: str) -> None:
     from input_pipeline import storage
 
-    _check_no_tilde(input_dir, "--input_dir")
     if "://" in input_dir:
         raise ConversionError(f"--input_dir must be a local folder, got {input_dir}")
     try:
@@ -646,13 +635,11 @@ def _check_output_dir(output_dir: str, class_root: str, overwrite: bool) -> None
     import tensorflow as tf
     from input_pipeline import storage
 
-    _check_no_tilde(output_dir, "--output_dir")
+    try:
+        storage.check_spelling(output_dir, "--output_dir")
+    except storage.PathError as error:
+        raise ConversionError(str(error)) from error
     _check_outside_class_folders(output_dir, class_root)
-    if _shown(output_dir) != output_dir:
-        raise ConversionError(
-            f"--output_dir={_shown(output_dir)} is not UTF-8, which TensorFlow's file "
-            "system needs: pass another folder"
-        )
     try:
         if not overwrite and tf.io.gfile.isdir(output_dir) and tf.io.gfile.listdir(output_dir):
             raise ConversionError(

@@ -34,6 +34,25 @@ def _is_local(path: str) -> bool:
     return "://" not in path
 
 
+def check_spelling(path: str, flag: str) -> None:
+    """Raises PathError for a path no file system call can mean as typed.
+
+    Every check below starts with it; call it alone before touching a path
+    in other ways.
+    """
+    if path.startswith("~"):
+        # A shell expands ~ only at the start of a word, so `--flag=~/x`
+        # arrives as is: an input "does not exist", an output lands in ./~/x.
+        raise PathError(f"{flag}={path} starts with ~, which the shell does not expand after "
+                        f"'=': write {flag} {path} (a space, no '=') or use $HOME")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # a name of bytes that are not UTF-8, as Python hands it over
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise PathError(f"{flag}={shown} is not UTF-8, which TensorFlow's file system needs: "
+                        "pass another path") from None
+
+
 def _dangling_symlink(path: str) -> str | None:
     """The target of `path` if it is a symlink to nothing, else None."""
     if _is_local(path) and os.path.islink(path) and not os.path.exists(path):
@@ -66,6 +85,7 @@ def check_input_dir(path: str, flag: str) -> None:
     """
     if not path:
         raise PathError(f"{flag} is empty: pass a folder")
+    check_spelling(path, flag)
     target = _dangling_symlink(path)
     if target is not None:
         raise PathError(f"{flag}={path} is a symlink to {target}, which does not exist")
@@ -92,6 +112,7 @@ def check_output_dir(path: str, flag: str) -> None:
     """
     if not path:
         raise PathError(f"{flag} is empty: pass a folder")
+    check_spelling(path, flag)
     target = _dangling_symlink(path)
     if target is not None:
         raise PathError(
@@ -116,6 +137,7 @@ def check_output_dir(path: str, flag: str) -> None:
 
 def check_not_a_file(path: str, flag: str) -> None:
     """Raises PathError if `path`, a folder to be made later, is an existing file."""
+    check_spelling(path, flag)
     try:
         is_file = tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
     except tf.errors.OpError as e:
@@ -132,6 +154,7 @@ def check_output_file(path: str, flag: str) -> None:
     """
     if not path:
         raise PathError(f"{flag} is empty: pass a file name")
+    check_spelling(path, flag)
     try:
         if tf.io.gfile.isdir(path):
             raise PathError(f"{flag}={path} is a folder: pass a file name, e.g. {path}/out.csv")

@@ -686,9 +686,6 @@ def _foreign_images(train_dir: str, images_per_class: int, seed: int) -> list[st
 def _check_output_dir(output_dir: str, images_per_class: int, seed: int) -> None:
     if "://" in output_dir:  # `generate` writes with os and PIL
         _fail(f"--output_dir must be a local folder, got {output_dir}")
-    if output_dir.startswith("~"):  # unexpanded after '=': it would write to ./~/
-        _fail(f"--output_dir={output_dir} starts with ~, which the shell does not expand "
-              "after '=': write --output_dir ~/... (a space, no '=') or use $HOME")
     # TensorFlow (through `storage`) only for the command line: `generate`
     # itself stays PIL and numpy.
     from input_pipeline import storage
@@ -697,8 +694,6 @@ def _check_output_dir(output_dir: str, images_per_class: int, seed: int) -> None
         storage.check_output_dir(output_dir, "--output_dir")
     except storage.PathError as error:
         _fail(str(error))
-    except UnicodeEncodeError:  # TensorFlow's file system takes UTF-8 paths only
-        _fail(f"--output_dir={output_dir} is not UTF-8: pass another folder")
     foreign = _foreign_images(os.path.join(output_dir, "train"), images_per_class, seed)
     if foreign:
         _fail(

@@ -376,6 +376,7 @@ def a_file(tmp_path):
     ("{file}", ["--model_dir=", "notes.txt is a file, not a folder"]),
     ("{file}/run", ["--model_dir=", "notes.txt is not a directory"]),
     ("{dangling}", ["--model_dir=", "symlink to", "does not exist"]),
+    ("~/runs/r1", ["--model_dir=~/runs/r1 starts with ~", "$HOME"]),
 ])
 def test_bad_model_dir_is_refused_before_any_work(tiny_records, tmp_path, a_file, model_dir, words):
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
@@ -384,7 +385,7 @@ def test_bad_model_dir_is_refused_before_any_work(tiny_records, tmp_path, a_file
     assert_one_line_error(result, *words)
     assert "strategy" not in result.stderr  # Refused before TensorFlow set up its devices.
     assert a_file.read_text() == "keep me\n"
-    assert not (tmp_path / "nowhere").exists()
+    assert not (tmp_path / "nowhere").exists() and not os.path.exists(os.path.join(REPO, "~"))
 
 
 def test_data_dir_that_is_a_file_is_refused(tmp_path, a_file):
