@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from absl import logging
 import tensorflow as tf
 
-from input_pipeline import preprocessing, storage
+from input_pipeline import storage
 
 TRAIN = "train"
 VALIDATION = "validation"
@@ -88,24 +88,6 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 
 def shard_pattern(data_dir: str, split: str) -> str:
     return posixpath.join(data_dir, f"{split}-?????-of-?????.tfrecord")
-
-
-def find_corrupt_shards(data_dir: str, split: str) -> list[str]:
-    """Shards of `split` that fail to read, parse or decode, each with the reason.
-
-    A slow full read: for naming the culprit after the input pipeline failed,
-    since tf.data's own error does not say which file it was reading.
-    """
-    corrupt = []
-    for path in sorted(tf.io.gfile.glob(shard_pattern(data_dir, split))):
-        try:
-            for serialized in tf.data.TFRecordDataset(path):
-                features = tf.io.parse_single_example(serialized, FEATURE_SPEC)
-                preprocessing.decode_image(features["image/encoded"])
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            reason = e.message.strip().splitlines()[0] if e.message.strip() else type(e).__name__
-            corrupt.append(f"{path} ({reason})")
-    return corrupt
 
 
 @dataclasses.dataclass(frozen=True)

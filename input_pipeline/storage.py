@@ -17,6 +17,10 @@ import uuid
 import tensorflow as tf
 
 
+# What `write_atomically` appends to a file's name while writing it.
+TMP_SUFFIX = ".tmp"
+
+
 class PathError(ValueError):
     """A path flag that cannot work, in one line naming the flag and the fix."""
 
@@ -176,7 +180,7 @@ def write_atomically(path: str, data: str | bytes) -> None:
     Raises:
       tf.errors.OpError: the write or the rename failed.
     """
-    tmp = f"{path}.tmp"
+    tmp = path + TMP_SUFFIX
     mode = "wb" if isinstance(data, bytes) else "w"
     try:
         with tf.io.gfile.GFile(tmp, mode) as f:

@@ -1,4 +1,9 @@
-"""create_dataset end to end on the tiny records of `tests/record_fixtures.py`."""
+"""create_dataset end to end on the tiny records of `tests/record_fixtures.py`.
+
+Over 400 lines because it is one file per module under test: the three
+pipelines and the sharing of records among input pipelines are all reached
+through `create_dataset`, on the same fixtures.
+"""
 
 from __future__ import annotations
 
@@ -380,6 +385,24 @@ def test_with_shard_lengths_counts_only_the_splits_dataset_info_lacks(tmp_path, 
     with pytest.raises(ValueError, match=rf"^{re.escape(shard)} ends inside its record 4: an "
                                          "interrupted conversion or copy"):
         records.with_shard_lengths(old_info, old.data_dir)
+
+
+def test_find_corrupt_shards_names_each_damaged_shard_and_why(tmp_path):
+    rs = write_records(os.fspath(tmp_path))
+    shard = [os.path.join(rs.data_dir, records.shard_name(records.TRAIN, i, 4)) for i in range(4)]
+    # Zero bytes inside the first record's payload: its CRC no longer matches.
+    with open(shard[1], "r+b") as f:
+        f.seek(40)
+        f.write(bytes(20))
+    # A well-formed record whose image bytes are not an image.
+    with tf.io.TFRecordWriter(shard[3]) as writer:
+        writer.write(records.make_example(
+            b"not a jpeg", height=8, width=8, filename="x.png", label=0,
+            class_name=rs.class_names[0]).SerializeToString())
+    corrupt = dataset_lib.find_corrupt_shards(rs.data_dir, records.TRAIN)
+    assert [entry.split(" (")[0] for entry in corrupt] == [shard[1], shard[3]]
+    assert all(entry.endswith(")") and "\n" not in entry for entry in corrupt), corrupt
+    assert dataset_lib.find_corrupt_shards(rs.data_dir, records.VALIDATION) == []
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):

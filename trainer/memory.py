@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from input_pipeline import preprocessing, records
+from input_pipeline import cached_augment, records
 from trainer import models
 from trainer.config import TrainConfig
 from trainer.strategy import Runtime
@@ -50,7 +50,7 @@ def host_bytes_needed(config: TrainConfig, info: records.DatasetInfo, runtime: R
             compute_bytes = 4 if runtime.precision == "float32" else 2
             needed["activations"] = host_batch * size.conv_activations * compute_bytes
     if training and config.cache_decoded:
-        side = preprocessing.cache_side(config.image_size)
+        side = cached_augment.cache_side(config.image_size)
         share = math.ceil(info.num_examples[records.TRAIN] / runtime.num_hosts)
         needed["the decoded-image cache"] = share * 2 * side * side * 3  # two uint8 copies
     return needed
