@@ -6,9 +6,10 @@ import os
 
 from absl import logging
 
-from input_pipeline import make_tfrecords
 from input_pipeline import records
 from input_pipeline import synthetic
+from input_pipeline.conversion.options import ConvertOptions
+from input_pipeline.conversion.pipeline import convert
 
 # Bump when the generator changes, so stale caches are not reused.
 GENERATOR_VERSION = 1
@@ -29,6 +30,6 @@ def prepare(cache_dir: str, *, images_per_class: int = IMAGES_PER_CLASS, seed: i
     images_dir = synthetic.generate(os.path.join(root, "images"), images_per_class, seed)
     # dataset_info.json is written last, so a folder without it is an
     # interrupted earlier attempt: replace it.
-    make_tfrecords.convert(images_dir, records_dir, num_shards=4, seed=seed,
-                           max_image_side=MAX_IMAGE_SIDE, overwrite=True)
+    convert(images_dir, records_dir, ConvertOptions(num_shards=4, seed=seed,
+                                                    max_image_side=MAX_IMAGE_SIDE, overwrite=True))
     return records_dir

@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Converts a folder of plant-seedling class folders into sharded TFRecords:
 #   scripts/make_tfrecords.sh IN OUT [--num_shards=16 --max_image_side=512 --overwrite ...]
-# Runs with the repository's .venv if there is one, else python3. See
-# `python -m input_pipeline.make_tfrecords --help` for the flags.
+# Runs with the Python that `python -m` would use: $PYTHON if set, else the
+# activated virtualenv's, else the repository's .venv, else python3 on PATH.
+# See `python -m input_pipeline.make_tfrecords --help` for the flags.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 INPUT_DIR OUTPUT_DIR [make_tfrecords flags]" >&2
   exit 2
 fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="$ROOT/.venv/bin/python"
-[ -x "$PYTHON" ] || PYTHON=python3
+if [ -z "${PYTHON:-}" ]; then
+  if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/python" ]; then
+    PYTHON="$VIRTUAL_ENV/bin/python"
+  elif [ -x "$ROOT/.venv/bin/python" ]; then
+    PYTHON="$ROOT/.venv/bin/python"
+  else
+    PYTHON=python3
+  fi
+fi
 INPUT_DIR="$1"
 OUTPUT_DIR="$2"
 shift 2

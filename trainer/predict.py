@@ -35,11 +35,12 @@ from typing import Any, Callable, Iterator, Sequence
 from absl import app
 from absl import flags
 
+from input_pipeline.image_suffixes import TF_IMAGE_SUFFIXES as IMAGE_SUFFIXES
+
 # TensorFlow and `input_pipeline.storage` (which imports it) are imported
 # inside the functions that need them, so `--help` and flag errors answer at
 # once instead of after seconds of loading TensorFlow.
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 EXIT_SKIPPED = 3
 MAX_BATCH_SIZE = 4096
 
