@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from input_pipeline import synthetic
-from tests.test_make_tfrecords import tree
+from tests.file_trees import tree
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -140,10 +140,11 @@ def test_rejects_bad_arguments(tmp_path: pathlib.Path) -> None:
         synthetic.generate(str(tmp_path), images_per_class=1, seed=-1)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "input_pipeline.synthetic", *args],
         cwd=REPO_ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -166,6 +167,37 @@ def test_cli_help_documents_every_flag() -> None:
 
     for flag in ("--output_dir", "--images_per_class", "--seed"):
         assert flag in result.stdout
+    assert "Usage: python -m input_pipeline.synthetic --output_dir=DIR" in result.stdout
+
+
+@pytest.fixture
+def no_tensorflow(tmp_path: pathlib.Path) -> dict[str, str]:
+    """Environment for a subprocess in which `import tensorflow` fails."""
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text("raise ImportError('no TensorFlow here')\n")
+    path = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+@pytest.mark.parametrize("args, output", [
+    (["--help"], "--images_per_class"),
+    (["--output_dir=out", "--seed=-1"], "--seed=-1: -1 is not an integer"),
+], ids=["help", "bad flag"])
+def test_cli_answers_help_and_bad_flags_without_tensorflow(
+    no_tensorflow: dict[str, str], args: list[str], output: str,
+) -> None:
+    result = _cli(*args, env=no_tensorflow)
+
+    assert "Traceback" not in result.stderr, result.stderr
+    assert output in result.stdout + result.stderr
+
+
+def test_generator_needs_no_tensorflow(no_tensorflow: dict[str, str]) -> None:
+    code = "from input_pipeline import synthetic; synthetic.render_seedling(0, 0, 0)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=no_tensorflow,
+                            capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr
 
 
 def _a_file(tmp: pathlib.Path) -> None:
@@ -232,10 +264,10 @@ def test_cli_refuses_other_images_but_not_its_own(tmp_path: pathlib.Path) -> Non
     # allowed; fewer images or another seed would leave a mixed data set.
     train_dir = synthetic.generate(str(tmp_path), images_per_class=2, seed=0)
 
-    assert synthetic._foreign_images(train_dir, 2, 0) == []
-    assert synthetic._foreign_images(train_dir, 3, 0) == []
-    assert len(synthetic._foreign_images(train_dir, 1, 0)) == 12
-    assert len(synthetic._foreign_images(train_dir, 2, 1)) == 24
+    assert synthetic.foreign_images(train_dir, 2, 0) == []
+    assert synthetic.foreign_images(train_dir, 3, 0) == []
+    assert len(synthetic.foreign_images(train_dir, 1, 0)) == 12
+    assert len(synthetic.foreign_images(train_dir, 2, 1)) == 24
 
 
 def test_cli_ctrl_c_is_one_line(tmp_path: pathlib.Path) -> None:
