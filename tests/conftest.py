@@ -8,4 +8,5 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:9")
 os.environ.setdefault("NO_GCE_CHECK", "true")
 
-pytest_plugins: list[str] = ["tests.gcs_fixtures", "tests.record_fixtures"]
+pytest_plugins: list[str] = ["tests.gcs_fixtures", "tests.launch_fixtures",
+                             "tests.record_fixtures", "tests.trainer_fixtures"]

@@ -3,7 +3,7 @@
 import json
 import os
 
-from tests.test_trainer import assert_ok, run_module
+from tests.trainer_fixtures import assert_ok, run_module
 
 
 def test_default_run_uses_cached_synthetic_data_and_the_cpu_demo_config(tmp_path):

@@ -15,8 +15,7 @@ import uuid
 
 from tests.gcs_fixtures import GcsEmulator
 from tests.image_fixtures import class_image, make_class_folders
-from tests.test_preemption import sigterm_kill_9_and_resume, start_trainers  # noqa: F401
-from tests.test_trainer import REPO
+from tests.trainer_fixtures import REPO, sigterm_kill_9_and_resume
 
 CLASSES = ("Black-grass", "Charlock", "Cleavers", "Common Chickweed")
 

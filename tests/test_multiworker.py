@@ -20,9 +20,8 @@ import pytest
 
 from tests.events import read_events
 from tests.record_fixtures import write_records
-from tests.test_preemption import (  # noqa: F401 (start_trainers is a fixture)
-    checkpoint_steps, finish_all, free_ports, start_trainers, vertex_tf_config)
-from tests.test_trainer import REPO, assert_ok, train
+from tests.trainer_fixtures import (
+    REPO, assert_ok, checkpoint_steps, finish_all, free_ports, train, vertex_tf_config)
 
 
 def test_two_workers_train_evaluate_and_checkpoint_like_one_process(tiny_records, tmp_path,
@@ -156,7 +155,7 @@ from trainer import strategy
 strategy.split_cpu(2)
 runtime = strategy.setup_runtime("mirrored", tpu=None, precision="float32", jit_compile="false")
 import keras, tensorflow as tf
-from trainer import train
+from trainer import steps
 
 with runtime.strategy.scope():
     model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
@@ -172,7 +171,7 @@ local_means = tf.function(lambda: runtime.strategy.run(
     lambda: tf.identity(model.layers[0].moving_mean.value)))
 update_from_different_batches()
 print("BEFORE", *[float(v[0]) for v in runtime.strategy.experimental_local_results(local_means())])
-train.make_sync_statistics(runtime, model)()
+steps.make_sync_statistics(runtime, model)()
 print("AFTER", *[float(v[0]) for v in runtime.strategy.experimental_local_results(local_means())])
 """
 

@@ -21,42 +21,8 @@ import tensorflow as tf
 
 from tests.events import read_events
 from tests.record_fixtures import write_records
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--model=resnet18", "--width=8", "--image_size=32", "--batch_size=4",
-        "--steps_per_loop=2", "--warmup_epochs=0", "--learning_rate=0.05", "--label_smoothing=0.1"]
-
-
-def run_module(module: str, *args: str, env: dict[str, str] | None = None,
-               timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "GCE_METADATA_IP": "127.0.0.1:9",
-           **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def train(data_dir: str, model_dir: str, *args: str, env=None) -> subprocess.CompletedProcess:
-    return run_module("trainer.main", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
-                      *TINY, *args, env=env)
-
-
-def checkpoint_step(model_dir: str) -> int:
-    path = tf.train.latest_checkpoint(model_dir)
-    return int(tf.train.load_variable(path, "step/.ATTRIBUTES/VARIABLE_VALUE"))
-
-
-def assert_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), result.stderr[-3000:]
-    for word in words:
-        assert word in last, last
-
+from tests.trainer_fixtures import (
+    REPO, TINY, assert_ok, assert_one_line_error, checkpoint_step, run_module, train)
 
 @pytest.fixture(scope="module")
 def trained(tiny_records, tmp_path_factory):
@@ -199,15 +165,15 @@ def test_damaged_dataset_info_is_a_one_line_error(tiny_records, tmp_path, text, 
 NAN_AFTER_TWO_STEPS = """
 import sys
 import tensorflow as tf
-from trainer import main, train
+from trainer import main, steps
 
 # Batch norm keeps a ResNet finite under any learning rate the flags allow,
 # so the loss is made NaN from the third step on.
-real, calls = train.cross_entropy, tf.Variable(0)
+real, calls = steps.cross_entropy, tf.Variable(0)
 def cross_entropy(*args):
     calls.assign_add(1)
     return tf.where(calls > 2, float("nan"), real(*args))
-train.cross_entropy = cross_entropy
+steps.cross_entropy = cross_entropy
 main.run()
 """
 

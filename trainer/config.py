@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 from absl import flags
 
+from input_pipeline.conversion.options import MAX_SEED
+
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -23,11 +25,14 @@ OPTIMIZERS = ("sgd", "adamw")
 MODES = ("train", "train_and_eval", "eval", "export")
 JIT_COMPILE = ("auto", "true", "false")
 
+# The CPU demo's flags, applied when --data_dir is not given.
+DEMO_FLAGFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "configs", "cpu_demo.cfg")
+
 # Upper bounds that no sensible run reaches, so that a slip of the keyboard
 # is refused with its range instead of allocating terabytes or overflowing.
 MAX_IMAGE_SIZE = 2048
 MAX_STEPS = 10**9
-MAX_SEED = 2**31 - 1  # Keras' and numpy's seeds are 32-bit.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,8 +29,6 @@ from absl import logging
 
 from trainer import config
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO_FLAGFILE = os.path.join(REPO_ROOT, "configs", "cpu_demo.cfg")
 
 config.define_flags()
 FLAGS = flags.FLAGS
@@ -44,7 +42,7 @@ def _use_demo_defaults() -> str:
                  "CPU demo configuration. To train on real photographs, convert them with "
                  "`python -m input_pipeline.make_tfrecords --input_dir=train/ --output_dir=DATA` "
                  "and pass --data_dir=DATA.")
-    for arg in FLAGS.read_flags_from_files([f"--flagfile={DEMO_FLAGFILE}"], force_gnu=False):
+    for arg in FLAGS.read_flags_from_files([f"--flagfile={config.DEMO_FLAGFILE}"], force_gnu=False):
         name, _, value = arg.lstrip("-").partition("=")
         if not FLAGS[name].present:
             FLAGS[name].parse(value)

@@ -1,0 +1,167 @@
+"""Steps -> checkpoints: where this process saves, what it restores, each save made once.
+
+A crash or kill -9 costs at most the steps since the last periodic save: the
+CheckpointManager writes the data files, then the index, and only then
+rewrites the `checkpoint` file naming the latest one (a rename locally, a
+single object write on gs://), so an interrupted save is never picked up.
+`restore_newest` still reads each candidate back and falls back to an older
+one if, say, a disk lost unflushed data in a power cut. A failed write is
+one line naming the step and the intact previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import posixpath
+import shutil
+import tempfile
+from typing import Iterator
+
+from absl import logging
+import tensorflow as tf
+
+from input_pipeline import storage
+from trainer.strategy import Runtime
+
+
+class Checkpoints:
+    """The checkpoints of one run, through the tf.train.CheckpointManager it owns.
+
+    `path` and `saved_step` are the newest checkpoint restored or saved (None
+    and -1: none yet). They are the same on every worker, which must all save
+    at the same steps.
+    """
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, *,
+                 step_counter: tf.Variable, max_to_keep: int):
+        """Args: directory: where this process saves (see `save_dir`); nothing saved yet."""
+        _remove_interrupted_writes(directory)
+        self._checkpoint, self._step_counter = checkpoint, step_counter
+        self._manager = tf.train.CheckpointManager(
+            checkpoint, directory, max_to_keep=max_to_keep, step_counter=step_counter)
+        # Created now, not at the first save, so that a restore matches every
+        # saved value and leaves TF nothing to warn about at exit.
+        _ = checkpoint.save_counter
+        self.path: str | None = None
+        self.saved_step = -1
+
+    def restore_newest(self, directory: str) -> str | None:
+        """Restores the newest checkpoint in `directory` that reads back whole (see `restore_newest`).
+
+        Every worker restores the chief's checkpoints, though only the chief
+        saves into that folder.
+        """
+        restored = restore_newest(self._checkpoint, directory)
+        if restored:
+            self.path, self.saved_step = restored, int(self._step_counter.numpy())
+            logging.info("restored %s at step %d", restored, self.saved_step)
+        return restored
+
+    def save(self, step: int) -> None:
+        """Saves `step` once; a second call for the same step does nothing.
+
+        Raises:
+          RuntimeError: the write failed (disk full, bucket not writable). The
+            previous checkpoint stays the latest: the manager names a new one
+            only after its files are complete.
+        """
+        if step == self.saved_step:
+            return
+        try:
+            path = self._manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as e:
+            raise RuntimeError(
+                f"could not write the checkpoint of step {step} to {self._manager.directory} "
+                f"({storage.first_line(e)}); the latest good one, {self.path or 'none'}, is "
+                "intact: fix the disk or bucket and rerun to resume from it"
+            ) from e
+        self.path, self.saved_step = path, step
+
+
+@contextlib.contextmanager
+def save_dir(runtime: Runtime, checkpoint_dir: str) -> Iterator[str]:
+    """Yields where this process saves: `checkpoint_dir` on the chief, else a scratch folder.
+
+    Every MultiWorkerMirrored worker must take part in saving, but only the
+    chief's copy is kept; the others write to a local scratch folder, removed
+    on exit. Summaries, traces, metrics.json and exports need no scratch: only
+    the chief writes them at all.
+    """
+    if runtime.is_chief:
+        yield checkpoint_dir
+        return
+    # Named after the model dir and the task, so that the rerun of a killed
+    # worker removes what the killed one left.
+    resolver = runtime.strategy.cluster_resolver
+    run_id = hashlib.sha256(checkpoint_dir.encode()).hexdigest()[:12]
+    scratch = os.path.join(tempfile.gettempdir(), f"seedlings-worker-ckpt-{run_id}-"
+                                                  f"{resolver.task_type}-{resolver.task_id}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def restore_newest(checkpoint: tf.train.Checkpoint, directory: str) -> str | None:
+    """Restores the newest checkpoint in `directory` that reads back whole.
+
+    Every `ckpt-N.index` is a candidate, newest first, whatever the
+    `checkpoint` file says: that file may itself be lost, or lag one save
+    behind a kill. A damaged candidate (a truncated file fails its CRC, a
+    missing one fails to open) is skipped with a warning.
+
+    Raises:
+      RuntimeError: checkpoints exist but none restores (e.g. they are of
+        another --model); starting over silently would discard them.
+    """
+    candidates = _checkpoints_newest_first(directory)
+    for path in candidates:
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+            return path
+        except Exception as e:  # pylint: disable=broad-except
+            # Damage shows as OpErrors, IndexError ("read less bytes than
+            # requested") or AssertionError (objects missing), and more.
+            logging.warning("checkpoint %s does not restore (%s); trying an older one",
+                            path, storage.first_line(e))
+    if candidates:
+        raise RuntimeError(
+            f"none of the {len(candidates)} checkpoints in {directory} restores into this model "
+            f"(newest: {candidates[0]}); check --model and --width, or use a new --model_dir"
+        )
+    return None
+
+
+def _checkpoints_newest_first(directory: str) -> list[str]:
+    numbered = []
+    for index_file in tf.io.gfile.glob(posixpath.join(directory, "ckpt-*.index")):
+        prefix = index_file[:-len(".index")]
+        number = prefix.rpartition("-")[2]
+        if number.isdigit():
+            numbered.append((int(number), prefix))
+    return [prefix for _, prefix in sorted(numbered, reverse=True)]
+
+
+def _remove_interrupted_writes(directory: str) -> None:
+    """Removes what a save killed half-way leaves in `directory`.
+
+    TF writes the `checkpoint` state file as `checkpoint.tmp<hex>` and then
+    renames it, and writes checkpoint data under `ckpt-N_temp/` before moving
+    it into place; on gs:// a rename is a copy and a delete. A kill -9 in
+    between leaves these temporaries: nothing reads them, but they would sit
+    in the model folder for good. Only this process saves into `directory`,
+    and it has not started saving yet.
+    """
+    leftovers = (tf.io.gfile.glob(posixpath.join(directory, "checkpoint.tmp*"))
+                 + tf.io.gfile.glob(posixpath.join(directory, "ckpt-*_temp")))
+    for path in leftovers:
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        else:
+            tf.io.gfile.remove(path)
+    if leftovers:
+        logging.info("removed %d temporary file(s) of an interrupted checkpoint save: %s",
+                     len(leftovers), ", ".join(posixpath.basename(p.rstrip("/")) for p in leftovers))
