@@ -21,7 +21,7 @@ setuptools.setup(
         "absl-py>=2.1",
         "keras>=3.10",
         "numpy>=1.26",
-        "pillow>=10.0",
+        "pillow>=10.1",  # ImageFont.load_default(size=...) for the confusion matrix
         "tensorboard>=2.20",
         "tensorflow-datasets>=4.9",
         "tqdm>=4.66",

@@ -44,11 +44,3 @@ def test_macro_f1_is_not_accuracy_on_imbalanced_data():
     assert result["accuracy"] == pytest.approx(0.9)
     assert result["macro_f1"] == pytest.approx((2 * 0.9 * 1.0 / 1.9) / 2)
     np.testing.assert_allclose(result["recall"], [1.0, 0.0])
-
-
-def test_confusion_image_is_a_row_normalised_heat_map():
-    image = metrics.confusion_image(np.array([[3, 1], [0, 0]]), cell=4)
-    assert image.shape == (1, 8, 8, 3) and image.dtype == np.uint8
-    assert tuple(image[0, 0, 0]) != (255, 255, 255)   # 0.75: dark
-    assert tuple(image[0, 0, 4]) != tuple(image[0, 0, 0])
-    assert tuple(image[0, 4, 0]) == (255, 255, 255)   # empty row: white

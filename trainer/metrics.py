@@ -32,17 +32,3 @@ def from_confusion(confusion: np.ndarray) -> dict[str, float | np.ndarray]:
         "recall": recall,
         "num_examples": int(total),
     }
-
-
-def confusion_image(confusion: np.ndarray, cell: int = 16) -> np.ndarray:
-    """Renders a row-normalised confusion matrix as a [1, H, W, 3] uint8 heat map.
-
-    White is 0, dark blue is 1; the diagonal holds the per-class recall.
-    """
-    confusion = np.asarray(confusion, dtype=np.float64)
-    rows = confusion.sum(axis=1, keepdims=True)
-    normalised = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
-    white, blue = np.array([255.0, 255.0, 255.0]), np.array([8.0, 48.0, 107.0])
-    pixels = white + normalised[..., None] * (blue - white)
-    pixels = np.kron(pixels, np.ones((cell, cell, 1)))
-    return pixels.astype(np.uint8)[None]
