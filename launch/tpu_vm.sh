@@ -45,7 +45,7 @@ done
 # gcloud would take most of these, and fail only once the VM or its queue is reached.
 [[ -n $PROJECT ]] || fail "--project is required"
 [[ -n $ZONE ]] || fail "--zone is required, e.g. --zone=us-west4-a (one that offers the TPU)"
-# Project IDs as launch/vertex.py takes them: also legacy domain:id ones, and project numbers.
+# Project IDs as launch/custom_job.py takes them: also legacy domain:id ones, and project numbers.
 PROJECT_ID='^([a-z][-a-z0-9.]*:)?[a-z][-a-z0-9]{4,28}[a-z0-9]$|^[0-9]{1,20}$'
 [[ $PROJECT =~ $PROJECT_ID ]] || fail "--project=$PROJECT is not a project ID (6-30 lowercase" \
   "letters, digits and hyphens, starting with a letter, not ending with a hyphen)"
