@@ -8,8 +8,9 @@ Reports, on one generated input of 4N images (N = 12 x images_per_class):
   * peak RSS of the whole process tree (parent + workers) of a CLI run on N
     and on 4N images, and the ratio (target: <= 1.2x, memory flat in the size
     of the data set).
-Figures are noisy when other processes share the CPU; the load average is
-printed so a reader can tell.
+Runs with one worker and with all cores take turns, so that a burst of load
+from elsewhere hurts both alike. Figures are noisy when other processes share
+the CPU; the load average is printed so a reader can tell.
 """
 
 from __future__ import annotations
@@ -23,19 +24,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
+import bench  # First: puts the repository root on sys.path.
 import psutil
-from absl import app, flags
+from absl import flags
 
-# Run as `python scripts/benchmark_convert.py`: the repository root is not on
-# sys.path by itself.
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from input_pipeline import make_tfrecords, synthetic  # noqa: E402
-
-FLAGS = flags.FLAGS
+from input_pipeline.conversion.options import ConvertOptions
+from input_pipeline.conversion.pipeline import convert
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +58,9 @@ def make_inputs(work_dir: str, images_per_class: int) -> tuple[str, str]:
     Inputs left in --work_dir by an earlier run of the same size are reused:
     generating them takes longer than converting them.
     """
-    tag = f"{images_per_class}-per-class"
-    large = os.path.join(work_dir, f"large-{tag}", "train")
-    small = os.path.join(work_dir, f"small-{tag}")
+    large = bench.synthetic_images(work_dir, 4 * images_per_class)
+    small = os.path.join(work_dir, f"small-{images_per_class}-per-class")
     if not os.path.isdir(small):
-        synthetic.generate(os.path.dirname(large), 4 * images_per_class, seed=0)
         for name in sorted(os.listdir(large)):
             os.makedirs(os.path.join(small, name))
             for file in sorted(os.listdir(os.path.join(large, name)))[:images_per_class]:
@@ -78,8 +72,9 @@ def time_convert(input_dir: str, work_dir: str, workers: int) -> Throughput:
     """One in-process conversion, pool start-up included (TF already imported)."""
     output_dir = os.path.join(work_dir, f"out-{workers}")
     start, start_cpu = time.perf_counter(), _cpu_seconds()
-    info = make_tfrecords.convert(
-        input_dir, output_dir, num_workers=workers, overwrite=True, show_progress=False
+    info = convert(
+        input_dir, output_dir,
+        ConvertOptions(num_workers=workers, overwrite=True, show_progress=False),
     )
     seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - start_cpu
     images = sum(split["num_examples"] for split in info["splits"].values())
@@ -87,20 +82,19 @@ def time_convert(input_dir: str, work_dir: str, workers: int) -> Throughput:
 
 
 def best_throughputs(input_dir: str, work_dir: str, repeats: int) -> list[Throughput]:
-    """Best of `repeats` for 1 worker and for all cores, runs interleaved so
-    that a burst of load from elsewhere hurts both alike."""
+    """Best of `repeats` for 1 worker and for all cores, the runs taking turns."""
     cores = os.cpu_count() or 1
     time_convert(input_dir, work_dir, 1)  # warm-up: imports TF, fills the page cache
-    runs: dict[int, list[Throughput]] = {1: [], cores: []}
-    for _ in range(repeats):
-        for workers in runs:
-            runs[workers].append(time_convert(input_dir, work_dir, workers))
+    runs = bench.alternate(
+        {f"{workers} worker(s)": lambda workers=workers: time_convert(input_dir, work_dir, workers)
+         for workers in (1, cores)},
+        repeats, show=lambda t: f"{t.per_second:.1f} images/s")
     return [min(r, key=lambda t: t.seconds) for r in runs.values()]
 
 
 def _tree_rss(process: psutil.Process) -> int:
-    # Between fork and exec a new worker still maps all of the parent's pages
-    # (~500 MB with TF); counting those would add the parent twice.
+    # Between fork and exec a new worker still maps all of the parent's pages,
+    # TensorFlow's included; counting those would add the parent twice.
     parent_command = process.cmdline()
     total = process.memory_info().rss
     for child in process.children(recursive=True):
@@ -118,7 +112,7 @@ def peak_rss(input_dir: str, output_dir: str) -> int:
         sys.executable, "-m", "input_pipeline.make_tfrecords",
         f"--input_dir={input_dir}", f"--output_dir={output_dir}", "--overwrite",
     ]
-    process = psutil.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = psutil.Popen(command, cwd=bench.REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
     while process.poll() is None:
         with contextlib.suppress(psutil.Error):  # the parent just exited
@@ -152,35 +146,55 @@ def report(
     return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The flags, read once."""
+
+    images_per_class: int
+    repeats: int
+    work_dir: str | None
+
+
+def benchmark(settings: Settings, work_dir: str) -> str:
+    """Converts inputs of N and 4N images under `work_dir`; returns the report."""
+    small, large = make_inputs(work_dir, settings.images_per_class)
+    load_before = bench.load_average()
+    throughputs = best_throughputs(large, work_dir, settings.repeats)
+    memory = {
+        "N": peak_rss(small, os.path.join(work_dir, "memory-small")),
+        "4N": peak_rss(large, os.path.join(work_dir, "memory-large")),
+    }
+    count = lambda d: sum(len(files) for _, _, files in os.walk(d))
+    images = {"N": count(small), "4N": count(large)}
+    return (f"{report(throughputs, memory, images, settings.repeats)}\n"
+            f"{bench.load_line(load_before)}")
+
+
 def main(argv: Sequence[str]) -> None:
-    del argv
+    del argv  # bench.parse_flags refused any
+    settings = bench.read_flags(Settings)
     # The converter runs no TF math; this keeps TF's start-up notices out of
     # the report (the CLI runs set the same).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    work_dir = FLAGS.work_dir or tempfile.mkdtemp(prefix="benchmark_convert-")
+    work_dir = settings.work_dir or tempfile.mkdtemp(prefix="benchmark_convert-")
     try:
-        print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()}")
-        small, large = make_inputs(work_dir, FLAGS.images_per_class)
-        throughputs = best_throughputs(large, work_dir, FLAGS.repeats)
-        memory = {
-            "N": peak_rss(small, os.path.join(work_dir, "memory-small")),
-            "4N": peak_rss(large, os.path.join(work_dir, "memory-large")),
-        }
-        count = lambda d: sum(len(files) for _, _, files in os.walk(d))
-        images = {"N": count(small), "4N": count(large)}
-        print(report(throughputs, memory, images, FLAGS.repeats))
-        print(f"load average after: {os.getloadavg()}: other work on the machine adds noise")
+        print(benchmark(settings, work_dir))
     finally:
-        if not FLAGS.work_dir:
+        if not settings.work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-if __name__ == "__main__":
-    flags.DEFINE_integer("images_per_class", 25, "N / 12: images per class of the small input.")
-    flags.DEFINE_integer("repeats", 2, "Timed runs per worker count; the best is reported.")
+def define_flags() -> None:
+    flags.DEFINE_integer("images_per_class", 25, "N / 12: images per class of the small input.",
+                         lower_bound=1)
+    flags.DEFINE_integer("repeats", 2, "Timed runs per worker count, taking turns; the best "
+                         "is reported.", lower_bound=1)
     flags.DEFINE_string(
         "work_dir", None,
         "Where to write inputs and outputs, kept for reuse; default a temp dir, removed after.",
     )
-    app.run(main)
+
+
+if __name__ == "__main__":
+    define_flags()
+    bench.run(main)

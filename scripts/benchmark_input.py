@@ -20,7 +20,7 @@ the converter having shrunk the images (longer side at most
 `--max_image_side`) and re-encoded them as JPEG once, while the Keras
 baseline decodes the full-size PNGs on every epoch. That is the honest
 comparison of what a user would run instead of converting; it is not a claim
-that tf.data tricks alone are 3x faster.
+about what tf.data tricks alone are worth.
 
 The numbers are wall-clock throughput on a machine that may be busy with
 other work: each pipeline runs `--rounds` times, alternating, and the median
@@ -28,63 +28,34 @@ is reported. CPU ms/image (CPU time of this process, every thread, per
 image) is much less sensitive to other load: it is what a pipeline takes
 away from training on the same cores.
 
-Usage: python scripts/benchmark_input.py [--work_dir DIR] [--images_per_class N]
-         [--image_size 224] [--batch_size 64] [--seconds 15] [--rounds 3]
+Usage: python scripts/benchmark_input.py [--work_dir=DIR] [--images_per_class=40]
+         [--max_image_side=512] [--image_size=224] [--batch_size=64] [--seconds=15]
+         [--max_batches=500] [--rounds=3]
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
-import statistics
-import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Run as `python scripts/benchmark_input.py`: the repository root is not on
-# sys.path by itself.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench  # First: puts the repository root on sys.path.
+import keras
+import tensorflow as tf
+from absl import flags
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from input_pipeline import make_tfrecords, records, synthetic  # noqa: E402
-from input_pipeline.dataset import create_dataset  # noqa: E402
+from input_pipeline import records
+from input_pipeline.conversion.options import (
+    DEFAULT_MAX_IMAGE_SIDE,
+    ConversionError,
+    ConvertOptions,
+)
+from input_pipeline.dataset import create_dataset
 
 WARMUP_BATCHES = 10
-
-
-def prepare_data(work_dir: str, images_per_class: int, max_image_side: int) -> tuple[str, str]:
-    """Synthetic PNGs and their records under `work_dir`, reused if present."""
-    images_dir = os.path.join(work_dir, "images")
-    train_dir = os.path.join(images_dir, "train")  # synthetic.generate's layout
-    records_dir = os.path.join(work_dir, f"records-{max_image_side}")
-    if not os.path.isdir(train_dir):
-        print(
-            f"generating {images_per_class} synthetic PNGs per class in {images_dir} ...",
-            flush=True,
-        )
-        train_dir = synthetic.generate(images_dir, images_per_class, seed=0)
-    if not os.path.exists(os.path.join(records_dir, records.INFO_FILE)):
-        print(
-            f"converting to records (longer side <= {max_image_side} px) in {records_dir} ...",
-            flush=True,
-        )
-        make_tfrecords.convert(
-            train_dir,
-            records_dir,
-            num_shards=8,
-            validation_fraction=0.1,
-            seed=0,
-            max_image_side=max_image_side,
-            jpeg_quality=95,
-            num_workers=None,
-            overwrite=True,
-            show_progress=False,
-        )
-    return train_dir, records_dir
 
 
 def keras_dataset(train_dir: str, image_size: int, batch_size: int) -> tf.data.Dataset:
@@ -119,10 +90,16 @@ def decode_only_dataset(records_dir: str, batch_size: int) -> tf.data.Dataset:
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def measure(
-    ds: tf.data.Dataset, batch_size: int, seconds: float, max_batches: int
-) -> tuple[float, float]:
-    """(images per second, CPU milliseconds per image) of iterating `ds`."""
+class Rate(NamedTuple):
+    images_per_second: float
+    cpu_ms_per_image: float  # CPU time of this process, every thread
+
+    def __str__(self) -> str:
+        return f"{self.images_per_second:8.1f} images/s {self.cpu_ms_per_image:7.3f} CPU ms/image"
+
+
+def measure(ds: tf.data.Dataset, batch_size: int, seconds: float, max_batches: int) -> Rate:
+    """How fast iterating `ds` goes, after a warm-up."""
     iterator = iter(ds)
     # Fills shuffle buffers and lets tf.data's autotuner settle.
     for _ in range(WARMUP_BATCHES):
@@ -133,80 +110,115 @@ def measure(
         batches += 1
     images = batches * batch_size
     cpu_ms = 1000 * (time.process_time() - start_cpu) / images
-    return images / (time.perf_counter() - start), cpu_ms
+    return Rate(images / (time.perf_counter() - start), cpu_ms)
 
 
 def folder_megabytes(folder: str) -> float:
-    return (
-        sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
-        / 1e6
-    )
+    return sum(os.path.getsize(os.path.join(d, f))
+               for d, _, files in os.walk(folder) for f in files) / 1e6
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--work_dir", help="keeps the generated PNGs and records for reuse (default: a temp dir)"
-    )
-    parser.add_argument("--images_per_class", type=int, default=40)
-    parser.add_argument("--max_image_side", type=int, default=make_tfrecords.DEFAULT_MAX_IMAGE_SIDE)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument(
-        "--seconds", type=float, default=15.0, help="timed seconds per pipeline and round"
-    )
-    parser.add_argument(
-        "--max_batches", type=int, default=500, help="stop a timing early after this many batches"
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="alternating runs of each pipeline; the median counts"
-    )
-    args = parser.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The flags, read once."""
 
+    work_dir: str | None
+    images_per_class: int
+    max_image_side: int
+    image_size: int
+    batch_size: int
+    seconds: float
+    max_batches: int
+    rounds: int
+
+
+def pipelines(settings: Settings,
+              data: bench.SyntheticData) -> dict[str, Callable[[], tf.data.Dataset]]:
+    """Name -> a fresh dataset of that pipeline."""
+    batch_size, image_size = settings.batch_size, settings.image_size
+    return {
+        "records (create_dataset, training)": lambda: create_dataset(
+            data.records_dir, records.TRAIN, batch_size=batch_size, image_size=image_size,
+            training=True,
+        ),
+        "keras image_dataset_from_directory": lambda: keras_dataset(
+            data.images_dir, image_size, batch_size
+        ),
+        "decode only (records -> decode_jpeg)": lambda: decode_only_dataset(
+            data.records_dir, batch_size
+        ),
+    }
+
+
+def report(runs: dict[str, list[Rate]]) -> str:
+    """The medians of each pipeline, and the records pipeline against the others."""
+    rates = {name: bench.median(r, lambda m: m.images_per_second) for name, r in runs.items()}
+    lines = [f"  {'':40s} {'images/s':>8s} {'CPU ms/image':>13s}"]
+    for name, r in runs.items():
+        cpu_ms = bench.median(r, lambda m: m.cpu_ms_per_image)
+        lines.append(f"  {name:40s} {rates[name]:8.1f} {cpu_ms:13.3f}")
+    ours, keras_rate, decode_rate = rates.values()
+    lines.append(f"records / keras:       {ours / keras_rate:.2f}x")
+    lines.append(f"records / decode only: {100 * ours / decode_rate:.0f}% of the bare JPEG "
+                 "decode rate")
+    return "\n".join(lines)
+
+
+def benchmark(settings: Settings, work_dir: str) -> str:
+    data = bench.synthetic_records(work_dir, settings.images_per_class,
+                                   max_image_side=settings.max_image_side)
+    print(
+        f"source: {folder_megabytes(data.images_dir):.0f} MB of PNG; records: "
+        f"{folder_megabytes(data.records_dir):.0f} MB of JPEG; {os.cpu_count()} cores; "
+        f"batch {settings.batch_size}, {settings.image_size} px", flush=True
+    )
+    load_before = bench.load_average()
+    runs = bench.alternate(
+        {name: lambda make=make: measure(make(), settings.batch_size, settings.seconds,
+                                         settings.max_batches)
+         for name, make in pipelines(settings, data).items()},
+        settings.rounds, show=str,
+    )
+    return (f"\nmedians of {settings.rounds} round(s)\n{report(runs)}\n"
+            f"{bench.load_line(load_before)}")
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv  # bench.parse_flags refused any
+    settings = bench.read_flags(Settings)
     with tempfile.TemporaryDirectory(prefix="benchmark_input-") as tmp:
-        train_dir, records_dir = prepare_data(
-            args.work_dir or tmp, args.images_per_class, args.max_image_side
-        )
-        print(
-            f"source: {folder_megabytes(train_dir):.0f} MB of PNG; records: "
-            f"{folder_megabytes(records_dir):.0f} MB of JPEG; {os.cpu_count()} cores; "
-            f"batch {args.batch_size}, {args.image_size} px"
-        )
-        pipelines: dict[str, Callable[[], tf.data.Dataset]] = {
-            "records (create_dataset, training)": lambda: create_dataset(
-                records_dir,
-                records.TRAIN,
-                batch_size=args.batch_size,
-                image_size=args.image_size,
-                training=True,
-            ),
-            "keras image_dataset_from_directory": lambda: keras_dataset(
-                train_dir, args.image_size, args.batch_size
-            ),
-            "decode only (records -> decode_jpeg)": lambda: decode_only_dataset(
-                records_dir, args.batch_size
-            ),
-        }
-        rates: dict[str, list[float]] = {name: [] for name in pipelines}
-        cpu: dict[str, list[float]] = {name: [] for name in pipelines}
-        for round_index in range(args.rounds):
-            for name, make in pipelines.items():
-                rate, cpu_ms = measure(make(), args.batch_size, args.seconds, args.max_batches)
-                rates[name].append(rate)
-                cpu[name].append(cpu_ms)
-                print(f"round {round_index + 1}: {name:40s} {rate:8.1f} images/s "
-                      f"{cpu_ms:7.3f} CPU ms/image", flush=True)
+        print(benchmark(settings, settings.work_dir or tmp))
 
-    ours, keras_rate, decode_rate = (statistics.median(r) for r in rates.values())
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\nmedians (load average {load} on {os.cpu_count()} cores: above that, noisy)")
-    print(f"  {'':40s} {'images/s':>8s} {'CPU ms/image':>13s}")
-    for name in pipelines:
-        print(f"  {name:40s} {statistics.median(rates[name]):8.1f} "
-              f"{statistics.median(cpu[name]):13.3f}")
-    print(f"records / keras:       {ours / keras_rate:.2f}x")
-    print(f"records / decode only: {100 * ours / decode_rate:.0f}% of the bare JPEG decode rate")
+
+def _valid_max_image_side(value: int) -> bool:
+    # The converter's own check, before minutes of generating images.
+    try:
+        ConvertOptions(max_image_side=value).check()
+    except ConversionError as e:
+        raise flags.ValidationError(str(e)) from None
+    return True
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("work_dir", None, "Keeps the generated PNGs and records for reuse; "
+                        "default: a temp dir, removed after.")
+    flags.DEFINE_integer("images_per_class", 40, "Synthetic images per class.", lower_bound=1)
+    flags.DEFINE_integer("max_image_side", DEFAULT_MAX_IMAGE_SIDE,
+                         "Longer side of the images the converter stores (its --max_image_side; "
+                         "0 keeps the full size).")
+    flags.register_validator("max_image_side", _valid_max_image_side)
+    flags.DEFINE_integer("image_size", 224, "Output image side in pixels, of every pipeline.",
+                         lower_bound=1)
+    flags.DEFINE_integer("batch_size", 64, "Images per batch, of every pipeline.", lower_bound=1)
+    flags.DEFINE_float("seconds", 15.0, "Timed seconds per pipeline and round.")
+    # Written so that NaN, which fails every comparison, is refused too.
+    flags.register_validator("seconds", lambda seconds: seconds > 0, "must be more than 0")
+    flags.DEFINE_integer("max_batches", 500, "Stop a timing early after this many batches.",
+                         lower_bound=1)
+    flags.DEFINE_integer("rounds", 3, "Runs of each pipeline, taking turns; the median counts.",
+                         lower_bound=1)
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    bench.run(main)

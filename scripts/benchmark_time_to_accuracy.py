@@ -25,15 +25,14 @@ Times include Python and TensorFlow start-up, tracing, evaluations and
 checkpoints: every variant pays them, the default included. Runs share the
 machine with whatever else is running: the load average is printed.
 
-Usage: python scripts/benchmark_time_to_accuracy.py [--target 0.85]
-         [--variants all|default,steps_per_loop=1,...] [--eval_every 250]
-         [--max_steps 2500] [--cache_dir ~/.cache/seedlings] [--work_dir DIR]
-         [--images_per_class 120]
+Usage: python scripts/benchmark_time_to_accuracy.py [--target=0.85]
+         [--variants=all|default,steps_per_loop=1,...] [--eval_every=250]
+         [--max_steps=2500] [--cache_dir=~/.cache/seedlings] [--work_dir=DIR]
+         [--images_per_class=120]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import glob
 import os
@@ -44,21 +43,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Run as `python scripts/benchmark_time_to_accuracy.py`: the repository root
-# is not on sys.path by itself.
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import bench  # First: puts the repository root on sys.path.
+from absl import flags
+from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+from tensorboard.util import tensor_util
 
-from tensorboard.backend.event_processing.event_file_loader import (  # noqa: E402
-    LegacyEventFileLoader,
-)
-from tensorboard.util import tensor_util  # noqa: E402
-
-from input_pipeline import demo_data  # noqa: E402
-from trainer import main as trainer_main  # noqa: E402
+from input_pipeline import demo_data
+from launch.trainer_args import trainer_flag_values
+from trainer.config import DEMO_FLAGFILE
 
 # Name -> trainer flags on top of the demo's. Adding a variant is one line.
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -77,54 +71,46 @@ ALL = "all"
 # SIGTERM after saving (143; minus SIGTERM if it came after the trainer
 # stopped watching for it, during its last moments).
 _STOPPED_OK = (0, 128 + signal.SIGTERM)
-# Saving a checkpoint of the demo model takes a second or two.
+# Far longer than saving the demo model's checkpoint takes: past it, the
+# trainer is stuck and is killed.
 _STOP_TIMEOUT_SECONDS = 120
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--target", type=float, default=0.85,
-                        help="validation accuracy to reach, in [0, 1]")
-    parser.add_argument("--variants", default=ALL,
-                        help=f"comma-separated variants to run, in this order: '{ALL}' or any "
-                        f"of {', '.join(VARIANTS)}")
-    parser.add_argument("--eval_every", type=int, default=250,
-                        help="evaluate every N steps: the resolution of the time to target "
-                        "(the demo evaluates every 500)")
-    parser.add_argument("--max_steps", type=int, default=2500,
-                        help="steps of a run that does not reach the target; also the length "
-                        "of the learning-rate schedule (the demo's: 2500)")
-    parser.add_argument("--cache_dir", default=trainer_main.FLAGS["cache_dir"].default,
-                        help="where the demo data is generated once and kept (the trainer's "
-                        "--cache_dir)")
-    parser.add_argument("--work_dir",
-                        help="keep each run's model dir and log in a new folder under DIR; "
-                        "default: a temp folder, removed at the end")
-    parser.add_argument("--images_per_class", type=int, default=demo_data.IMAGES_PER_CLASS,
-                        help="synthetic images per class (the demo's data set unless changed)")
-    args = parser.parse_args(argv)
-    _check_args(parser, args)
-    return args
+def demo_flags() -> flags.FlagValues:
+    """The trainer's flags as the CPU demo sets them, in a set of their own."""
+    flag_values = trainer_flag_values()
+    flag_values(["trainer", f"--flagfile={DEMO_FLAGFILE}"])
+    return flag_values
 
 
-def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if not 0.0 <= args.target <= 1.0:
-        parser.error(f"--target must be a validation accuracy in [0, 1], got {args.target}")
-    for name in ("eval_every", "max_steps", "images_per_class"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    names = [name.strip() for name in args.variants.split(",") if name.strip()]
+def variant_names(value: str) -> list[str]:
+    """--variants as a list, in the given order and once each.
+
+    Raises:
+      flags.ValidationError: naming the unknown variants and the known ones.
+    """
+    names = [name.strip() for name in value.split(",") if name.strip()]
     if names == [ALL]:
         names = list(VARIANTS)
     unknown = [name for name in names if name not in VARIANTS]
     if unknown or not names:
-        parser.error(f"unknown variant(s) in --variants={args.variants!r}: "
-                     f"{', '.join(unknown) or 'none given'}; choose from {ALL} or "
-                     f"{', '.join(VARIANTS)}")
-    args.variants = list(dict.fromkeys(names))  # In the given order, once each.
+        raise flags.ValidationError(
+            f"unknown variant(s) in --variants={value!r}: {', '.join(unknown) or 'none given'}; "
+            f"choose from {ALL} or {', '.join(VARIANTS)}")
+    return list(dict.fromkeys(names))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The flags, read once."""
+
+    target: float
+    variants: tuple[str, ...]
+    eval_every: int
+    max_steps: int
+    cache_dir: str
+    work_dir: str | None
+    images_per_class: int
 
 
 # --------------------------------------------------------------------------
@@ -192,7 +178,7 @@ def trainer_command(records_dir: str, model_dir: str, eval_every: int, max_steps
                     variant_flags: tuple[str, ...]) -> list[str]:
     """The demo's command on `records_dir`, with the variant's flags last so they win."""
     return [
-        sys.executable, "-m", "trainer.main", f"--flagfile={trainer_main.DEMO_FLAGFILE}",
+        sys.executable, "-m", "trainer.main", f"--flagfile={DEMO_FLAGFILE}",
         f"--data_dir={records_dir}", f"--model_dir={model_dir}", f"--eval_every={eval_every}",
         f"--train_steps={max_steps}", *variant_flags,
     ]
@@ -214,7 +200,7 @@ def run_variant(variant: str, command: list[str], model_dir: str, target: float,
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     with open(log_path, "w") as log:
         start_time = clock()
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
+        process = subprocess.Popen(command, cwd=bench.REPO, env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
         try:
             while reached is None:
@@ -262,7 +248,7 @@ def _last_line(path: str) -> str:
 # Reporting.
 
 
-def _number(value: float | int | None, spec: str) -> str:
+def _number(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
@@ -271,8 +257,8 @@ def report(outcomes: list[Outcome], target: float, max_steps: int) -> str:
     width = max(len("variant"), *(len(o.variant) for o in outcomes))
     time_header = f"time to {target:g} (s)"
     time_width = max(10, len(time_header))
-    lines = [f"{'variant':{width}s}  {time_header:>{time_width}s}  {'step':>6s}  "
-             f"{'accuracy':>8s}  {'train images/s':>14s}  note"]
+    lines = [(f"{'variant':{width}s}  {time_header:>{time_width}s}  {'step':>6s}  "
+              f"{'accuracy':>8s}  {'train images/s':>14s}  note")]
     for o in outcomes:
         shown, note = o.reached, ""
         if o.error is not None:
@@ -289,60 +275,83 @@ def report(outcomes: list[Outcome], target: float, max_steps: int) -> str:
     return "\n".join(lines)
 
 
-def _load_average() -> str:
-    return "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
-
-
 def _folder_name(variant: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", variant)
 
 
-def prepare_data(args: argparse.Namespace) -> str:
+def prepare_data(settings: Settings) -> str:
     """The demo's records, generated and converted on first use; returns their folder."""
-    print(f"preparing the demo data ({args.images_per_class} images per class) in "
-          f"{args.cache_dir} ...", flush=True)
-    return demo_data.prepare(args.cache_dir, images_per_class=args.images_per_class)
+    print(f"preparing the demo data ({settings.images_per_class} images per class) in "
+          f"{settings.cache_dir} ...", flush=True)
+    return demo_data.prepare(settings.cache_dir, images_per_class=settings.images_per_class)
 
 
-def run_variants(args: argparse.Namespace, records_dir: str, runs_dir: str) -> list[Outcome]:
-    print(f"CPU demo ({os.path.relpath(trainer_main.DEMO_FLAGFILE, REPO)}) on {records_dir}\n"
-          f"evaluating every {args.eval_every} steps, at most {args.max_steps} steps; target "
-          f"validation accuracy {args.target:g}; {os.cpu_count()} cores; runs in {runs_dir}",
-          flush=True)
+def run_variants(settings: Settings, records_dir: str, runs_dir: str) -> list[Outcome]:
+    print(f"CPU demo ({os.path.relpath(DEMO_FLAGFILE, bench.REPO)}) on {records_dir}\n"
+          f"evaluating every {settings.eval_every} steps, at most {settings.max_steps} steps; "
+          f"target validation accuracy {settings.target:g}; {os.cpu_count()} cores; runs in "
+          f"{runs_dir}", flush=True)
     outcomes = []
-    for variant in args.variants:
+    for variant in settings.variants:
         model_dir = os.path.join(runs_dir, _folder_name(variant))
-        command = trainer_command(records_dir, model_dir, args.eval_every, args.max_steps,
-                                  VARIANTS[variant])
+        command = trainer_command(records_dir, model_dir, settings.eval_every,
+                                  settings.max_steps, VARIANTS[variant])
         print(f"running {variant}: {' '.join(command[1:])}", flush=True)
-        outcomes.append(run_variant(variant, command, model_dir, args.target))
+        outcomes.append(run_variant(variant, command, model_dir, settings.target))
     return outcomes
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def main(argv: Sequence[str]) -> None:
+    del argv  # bench.parse_flags refused any
+    settings = bench.read_flags(Settings, variants=tuple(variant_names(flags.FLAGS.variants)))
     # Before any clock starts, so no variant pays for generation and conversion.
-    records_dir = prepare_data(args)
-    load_before = _load_average()
-    if args.work_dir:
-        os.makedirs(args.work_dir, exist_ok=True)
+    records_dir = prepare_data(settings)
+    load_before = bench.load_average()
+    if settings.work_dir:
+        os.makedirs(settings.work_dir, exist_ok=True)
         # A new folder each time: a model dir with checkpoints would resume.
-        runs_dir = tempfile.mkdtemp(prefix="time_to_accuracy-", dir=args.work_dir)
-        outcomes = run_variants(args, records_dir, runs_dir)
+        runs_dir = tempfile.mkdtemp(prefix="time_to_accuracy-", dir=settings.work_dir)
+        outcomes = run_variants(settings, records_dir, runs_dir)
     else:
         with tempfile.TemporaryDirectory(prefix="time_to_accuracy-") as runs_dir:
-            outcomes = run_variants(args, records_dir, runs_dir)
-    print(f"\n{report(outcomes, args.target, args.max_steps)}\n\n"
+            outcomes = run_variants(settings, records_dir, runs_dir)
+    print(f"\n{report(outcomes, settings.target, settings.max_steps)}\n\n"
           "Times run from the start of each trainer process: they include Python and TensorFlow "
           "start-up,\ntracing, evaluations and checkpoints, which every variant pays, the default "
-          f"included.\nload average (1, 5, 15 min) before the runs: {load_before}, after: "
-          f"{_load_average()} (above {os.cpu_count()}: other work shares the CPU and the "
-          "figures are noisy)")
+          f"included.\n{bench.load_line(load_before)}")
     failed = [o.variant for o in outcomes if o.error is not None]
     if failed:
         sys.exit(f"error: {len(failed)} of {len(outcomes)} variant(s) failed: {', '.join(failed)}"
                  "; see the note in their row")
 
 
+def _valid_variants(value: str) -> bool:
+    variant_names(value)  # Raises naming the problem.
+    return True
+
+
+def define_flags() -> None:
+    demo = demo_flags()
+    flags.DEFINE_float("target", 0.85, "Validation accuracy to reach, in [0, 1].")
+    # Written so that NaN, which fails every comparison, is refused too.
+    flags.register_validator("target", lambda target: 0.0 <= target <= 1.0,
+                             "must be a validation accuracy in [0, 1]")
+    flags.DEFINE_string("variants", ALL, f"Comma-separated variants to run, in this order: "
+                        f"'{ALL}' or any of {', '.join(VARIANTS)}.")
+    flags.register_validator("variants", _valid_variants)
+    flags.DEFINE_integer("eval_every", 250, "Evaluate every N steps: the resolution of the time "
+                         f"to target (the demo evaluates every {demo.eval_every}).", lower_bound=1)
+    flags.DEFINE_integer("max_steps", demo.train_steps, "Steps of a run that does not reach the "
+                         "target; also the length of the learning-rate schedule (default: the "
+                         "demo's).", lower_bound=1)
+    flags.DEFINE_string("cache_dir", demo["cache_dir"].default, "Where the demo data is generated "
+                        "once and kept (the trainer's --cache_dir).")
+    flags.DEFINE_string("work_dir", None, "Keep each run's model dir and log in a new folder "
+                        "under DIR; default: a temp folder, removed at the end.")
+    flags.DEFINE_integer("images_per_class", demo_data.IMAGES_PER_CLASS, "Synthetic images per "
+                         "class (the demo's data set unless changed).", lower_bound=1)
+
+
 if __name__ == "__main__":
-    main()
+    define_flags()
+    bench.run(main)

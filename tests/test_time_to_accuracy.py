@@ -8,7 +8,6 @@ table, never how fast anything was.
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import os
 import re
@@ -49,6 +48,9 @@ def cache_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def script():
+    # As `python scripts/benchmark_time_to_accuracy.py` has it: `import bench` finds scripts/.
+    if os.path.dirname(SCRIPT) not in sys.path:
+        sys.path.insert(0, os.path.dirname(SCRIPT))
     spec = importlib.util.spec_from_file_location("benchmark_time_to_accuracy", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it loads
@@ -102,9 +104,8 @@ def test_failed_run_is_reported_with_its_last_line(script, tmp_path):
 
 def test_every_variant_is_valid_trainer_flags(script):
     for variant, variant_flags in script.VARIANTS.items():
-        trainer_flags = copy.deepcopy(script.trainer_main.FLAGS)  # The real ones stay unparsed.
-        trainer_flags(["trainer", f"--flagfile={script.trainer_main.DEMO_FLAGFILE}",
-                       *variant_flags])
+        trainer_flags = script.trainer_flag_values()
+        trainer_flags(["trainer", f"--flagfile={script.DEMO_FLAGFILE}", *variant_flags])
         for flag in variant_flags:
             name, value = flag.lstrip("-").split("=")
             assert trainer_flags[name].value == trainer_flags[name].parser.parse(value), variant
@@ -112,11 +113,11 @@ def test_every_variant_is_valid_trainer_flags(script):
 
 def test_help_documents_every_flag_and_variant(script):
     result = run_benchmark("--help", timeout=120)
-    assert_ok(result)
-    help_text = " ".join(result.stdout.split())  # argparse wraps lines
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # absl's exit after help
+    help_text = " ".join(result.stdout.split())  # absl wraps lines
     for flag in FLAGS:
         assert flag in help_text, flag
-    assert "(default: all)" in help_text
+    assert "(default: 'all')" in help_text
     for variant in script.VARIANTS:
         assert variant in help_text, variant
 
@@ -125,7 +126,9 @@ def test_help_documents_every_flag_and_variant(script):
     (["--variants=default,fp8"], ["unknown variant", "fp8", "steps_per_loop=1", "image_size=96"]),
     (["--variants=,"], ["unknown variant", "none given"]),
     (["--target=1.01"], ["--target", "[0, 1]", "1.01"]),
-    (["--eval_every=0"], ["--eval_every", "at least 1"]),
+    (["--eval_every=0"], ["--eval_every=0", "positive integer"]),
+    (["--target=nan"], ["--target=nan", "[0, 1]"]),
+    (["stray"], ["unexpected arguments stray"]),
 ])
 def test_bad_flags_fail_with_one_line(args, words):
     result = run_benchmark(*args, timeout=120)
