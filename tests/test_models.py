@@ -129,9 +129,8 @@ def test_bottleneck_downsamples_in_the_3x3_conv():
         assert model.get_layer(f"{prefix}_2_conv").kernel_size == (3, 3)
         assert model.get_layer(f"{prefix}_2_conv").strides == (2, 2)
         assert model.get_layer(f"{prefix}_3_conv").strides == (1, 1)
-        # A 1x1 projection strides by subsampling its input (see models._conv_bn).
-        assert model.get_layer(f"{prefix}_proj_subsample").strides == (2, 2)
-        assert model.get_layer(f"{prefix}_proj_conv").strides == (1, 1)
+        # A 1x1 projection strides by subsampling its input first.
+        assert model.get_layer(f"{prefix}_proj_conv").subsample == 2
         # Only the first block of a stage downsamples.
         assert model.get_layer(f"stage{stage}_block2_2_conv").strides == (1, 1)
     # Stage 1 follows the max-pool and keeps its resolution, but still

@@ -103,6 +103,35 @@ class FusedBatchNormalization(layers.BatchNormalization):
         )
 
 
+@keras.saving.register_keras_serializable(package="seedlings")
+class PointwiseSubsamplingConv2D(layers.Conv2D):
+    """A 1x1 convolution at stride `subsample`, computed as subsample, then stride 1.
+
+    A strided 1x1 conv only reads every `subsample`-th pixel, so taking those
+    first gives the same values. It avoids oneDNN's strided 1x1 weight
+    gradient, which in TF 2.21's CPU build crashes the process for inputs of
+    fewer than 16 channels from 56 px up (uxlfoundation/oneDNN#6035). One
+    layer, with Conv2D's own variables, so checkpoints keep their layout.
+    """
+
+    def __init__(self, filters: int, kernel_size: int = 1, *, subsample: int, **kwargs):
+        if kernel_size != 1 or kwargs.get("strides", 1) != 1:
+            raise ValueError("PointwiseSubsamplingConv2D is a 1x1 conv whose stride is `subsample`")
+        super().__init__(filters, 1, **kwargs)
+        self.subsample = subsample
+
+    def call(self, inputs):
+        return super().call(inputs[:, :: self.subsample, :: self.subsample, :])
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        shrink = lambda side: None if side is None else (side - 1) // self.subsample + 1
+        return super().compute_output_shape((batch, shrink(height), shrink(width), channels))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "subsample": self.subsample}
+
+
 def _conv_initializer() -> keras.initializers.Initializer:
     # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu"): an
     # untruncated normal with std sqrt(2 / (k * k * out_channels)). A fresh
@@ -138,16 +167,11 @@ def _conv_bn(
         # grid by one pixel relative to the reference implementations.
         x = layers.ZeroPadding2D(kernel_size // 2, data_format=_DATA_FORMAT, name=f"{name}_pad")(x)
         padding = "valid"
-    elif strides > 1:
-        # A strided 1x1 conv reads every other pixel: take them first, then
-        # convolve at stride 1. The same values, and it avoids oneDNN's
-        # strided 1x1 weight gradient, which in TF 2.21's CPU build crashes
-        # the process for inputs of fewer than 16 channels from 56 px up
-        # (uxlfoundation/oneDNN#6035).
-        x = layers.MaxPooling2D(1, strides=strides, data_format=_DATA_FORMAT,
-                                name=f"{name}_subsample")(x)
+    conv = layers.Conv2D
+    if strides > 1 and kernel_size == 1:
+        conv = functools.partial(PointwiseSubsamplingConv2D, subsample=strides)
         strides = 1
-    x = layers.Conv2D(
+    x = conv(
         filters,
         kernel_size,
         strides=strides,
