@@ -22,6 +22,7 @@ setuptools.setup(
         "keras>=3.10",
         "numpy>=1.26",
         "pillow>=10.1",  # ImageFont.load_default(size=...) for the confusion matrix
+        "safetensors>=0.4",  # torchvision / timm ResNet weights, read with numpy (no torch)
         "tensorboard>=2.20",
         "tensorflow-datasets>=4.9",
         "tqdm>=4.66",
