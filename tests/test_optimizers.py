@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import optimizers
+from trainer import models, optimizers
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR = 0.1
@@ -33,7 +33,7 @@ def _tiny_model() -> keras.Model:
     x = keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(3)(x))
+    return keras.Model(inputs, keras.layers.Dense(3, name=models.HEAD)(x))
 
 
 def _is_kernel(variable) -> bool:
@@ -109,6 +109,35 @@ def test_weight_decay_follows_the_scheduled_learning_rate():
     # Step 0 has learning rate 0, step 1 has 0.4 / 4.
     ratios = _zero_gradient_ratios(model, optimizer, steps=2)
     np.testing.assert_allclose(ratios["kernels"], 1 - 0.1 * WEIGHT_DECAY, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", optimizers.OPTIMIZER_NAMES)
+def test_backbone_multiplier_scales_the_backbones_updates_and_decay(name):
+    multiplier = 0.1
+    steps = {}
+    for rate in (1.0, multiplier):
+        keras.utils.set_random_seed(0)
+        model, optimizer = _build(name, learning_rate=LR, weight_decay=0.0,
+                                  backbone_multiplier=rate)
+        before = [v.numpy() for v in model.trainable_variables]
+        _apply_on_replicas(optimizer, model.trainable_variables, lambda _, v: tf.ones(v.shape))
+        steps[rate] = [v.numpy() - old for v, old in zip(model.trainable_variables, before)]
+    head = {id(v) for v in models.head_variables(model)}
+    for v, full, slow in zip(model.trainable_variables, steps[1.0], steps[multiplier]):
+        # SGD's step and Adam's first step are both proportional to the rate.
+        expected = full if id(v) in head else multiplier * full
+        np.testing.assert_allclose(slow, expected, rtol=1e-5, atol=1e-9)
+    assert any(np.abs(step).max() > 0 for step in steps[multiplier])
+
+    model, optimizer = _build(name, learning_rate=LR, weight_decay=WEIGHT_DECAY,
+                              backbone_multiplier=multiplier)
+    head = {id(v) for v in models.head_variables(model)}
+    kernels = [v for v in model.trainable_variables if _is_kernel(v)]
+    before = [v.numpy() for v in kernels]
+    _apply_on_replicas(optimizer, model.trainable_variables, lambda _, v: tf.zeros(v.shape))
+    for v, old in zip(kernels, before):
+        rate = 1.0 if id(v) in head else multiplier
+        np.testing.assert_allclose(v.numpy(), old * (1 - rate * LR * WEIGHT_DECAY), rtol=1e-6)
 
 
 def test_optimizer_settings():

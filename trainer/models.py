@@ -22,6 +22,8 @@ import tensorflow as tf
 from keras import layers
 
 _DATA_FORMAT = "channels_last"
+# The classification head: the one layer fine-tuning replaces or trains apart.
+HEAD = "logits"
 # Keras' momentum weights the old moving average, so 0.9 here is PyTorch's
 # momentum=0.1: the torchvision / flax / Model Garden settings.
 _BN_MOMENTUM = 0.9
@@ -263,7 +265,7 @@ def _resnet(
     # the loss must see float32 logits.
     x = layers.GlobalAveragePooling2D(data_format=_DATA_FORMAT, dtype="float32", name="avg_pool")(x)
     logits = layers.Dense(
-        num_classes, kernel_initializer=_dense_initializer(), dtype="float32", name="logits"
+        num_classes, kernel_initializer=_dense_initializer(), dtype="float32", name=HEAD
     )(x)
     return keras.Model(inputs, logits, name=name)
 
@@ -365,3 +367,17 @@ def model_size(name: str, num_classes: int, *, width: int, image_size: int) -> M
             channels = out_channels
     parameters += channels * num_classes + num_classes  # the dense head
     return ModelSize(parameters, activations)
+
+
+def head_variables(model: keras.Model) -> list[keras.Variable]:
+    """The classification head's variables; everything else is the backbone."""
+    return model.get_layer(HEAD).trainable_variables
+
+
+def num_convs(name: str) -> int:
+    """Conv layers of `create_model(name, ...)`, projections included."""
+    variant = _VARIANTS[name].keywords
+    per_block = 3 if variant["block"] is bottleneck_block else 2
+    # Bottleneck nets widen in their first stage too, so every stage projects.
+    projections = len(variant["stage_sizes"]) - (0 if per_block == 3 else 1)
+    return 1 + per_block * sum(variant["stage_sizes"]) + projections

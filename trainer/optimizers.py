@@ -17,6 +17,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from trainer import models
+
 OPTIMIZER_NAMES: tuple[str, ...] = ("sgd", "adamw")
 
 LearningRate = float | keras.optimizers.schedules.LearningRateSchedule
@@ -43,6 +45,47 @@ class _ReplicaConsistentLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         return super().apply(grads, trainable_variables)
 
 
+class _BackboneRate:
+    """Mixin: the backbone updates at `backbone_multiplier` times the learning rate.
+
+    Keras optimizers have one learning rate for all variables, so each
+    variable's update step here gets its own, and the decoupled weight decay
+    moves into the update step to use the same rate: a slower backbone also
+    decays slower. With a multiplier of 1 the arithmetic is Keras' own, decay
+    then update, per variable (tests/test_optimizers.py checks both).
+    """
+
+    def __init__(self, *args, backbone_multiplier: float, head: list, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._backbone_multiplier = backbone_multiplier
+        self._head_paths = {v.path for v in head}
+
+    def build(self, variables):
+        super().build(variables)
+        self._rates = [1.0 if v.path in self._head_paths else self._backbone_multiplier
+                       for v in variables]
+
+    def _apply_weight_decay(self, variables):
+        pass  # Done per variable in `update_step`, at that variable's rate.
+
+    def update_step(self, gradient, variable, learning_rate):
+        rate = self._rates[self._get_variable_index(variable)]
+        if rate != 1.0:
+            learning_rate = learning_rate * rate
+        if self.weight_decay and self._use_weight_decay(variable):
+            decay = tf.cast(self.weight_decay, variable.dtype) * tf.cast(learning_rate, variable.dtype)
+            variable.assign_sub(variable * decay)
+        super().update_step(gradient, variable, learning_rate)
+
+
+class _SGD(_BackboneRate, keras.optimizers.SGD):
+    pass
+
+
+class _AdamW(_BackboneRate, keras.optimizers.AdamW):
+    pass
+
+
 def create_optimizer(
     name: str,
     *,
@@ -51,6 +94,7 @@ def create_optimizer(
     model: keras.Model,
     momentum: float = 0.9,
     loss_scale: bool = False,
+    backbone_multiplier: float = 1.0,
 ) -> keras.optimizers.Optimizer:
     """Returns SGD or AdamW that decays the model's kernels but not BN or biases.
 
@@ -62,6 +106,8 @@ def create_optimizer(
       model: the model to train; its trainable variables with ndim <= 1 (BN
         gamma/beta, biases) are excluded from weight decay.
       momentum: SGD's momentum, or AdamW's beta_1.
+      backbone_multiplier: the learning rate (and decay) of every variable but
+        the head's, as a multiple of `learning_rate`.
       loss_scale: wrap in a dynamic `LossScaleOptimizer`, for mixed_float16.
         The train step must then take gradients of `optimizer.scale_loss(loss)`
         and pass them to `apply` as they are: `apply` unscales them, and skips
@@ -80,14 +126,12 @@ def create_optimizer(
             "The model's variables are distributed: create the optimizer inside the same "
             "`strategy.scope()` as the model."
         )
+    rates = dict(backbone_multiplier=backbone_multiplier, weight_decay=weight_decay,
+                 head=models.head_variables(model) if backbone_multiplier != 1.0 else [])
     if name == "sgd":
-        optimizer = keras.optimizers.SGD(
-            learning_rate, momentum=momentum, nesterov=False, weight_decay=weight_decay
-        )
+        optimizer = _SGD(learning_rate, momentum=momentum, nesterov=False, name="SGD", **rates)
     elif name == "adamw":
-        optimizer = keras.optimizers.AdamW(
-            learning_rate, weight_decay=weight_decay, beta_1=momentum
-        )
+        optimizer = _AdamW(learning_rate, beta_1=momentum, name="adamw", **rates)
     else:
         raise ValueError(f"Unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZER_NAMES)}.")
     # Decaying BN's gamma/beta only fights the normalisation, and decaying

@@ -26,6 +26,7 @@ class Schedule:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    frozen_steps: int = 0  # the first steps, which train the head only
 
     @classmethod
     def create(cls, config: TrainConfig, info: records.DatasetInfo, num_replicas: int) -> "Schedule":
@@ -41,6 +42,7 @@ class Schedule:
             steps_per_epoch=steps_per_epoch,
             total_steps=total,
             warmup_steps=min(round(config.warmup_epochs * steps_per_epoch), total // 2),
+            frozen_steps=min(round(config.freeze_backbone_epochs * steps_per_epoch), total),
         )
 
 
@@ -76,6 +78,7 @@ def create_state(config: TrainConfig, runtime: Runtime, info: records.DatasetInf
         optimizer = optimizers.create_optimizer(
             config.optimizer, learning_rate=learning_rate, weight_decay=config.weight_decay,
             model=model, loss_scale=runtime.precision == "mixed_float16",
+            backbone_multiplier=config.backbone_lr_multiplier,
         )
         # Slot variables must exist before the first distributed step, or
         # Keras would try to create them inside the tf.function.

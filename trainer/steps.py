@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer import metrics
+from trainer import models
 from trainer.strategy import Runtime
 
 
@@ -36,26 +37,30 @@ def cross_entropy(labels: tf.Tensor, logits: tf.Tensor, num_classes: int, smooth
 
 def make_train_loop(runtime: Runtime, model: keras.Model, optimizer: keras.optimizers.Optimizer, *,
                     global_batch_size: int, num_classes: int, label_smoothing: float,
-                    stop_requested: Callable[[], tf.Tensor] = lambda: tf.constant(False)
-                    ) -> Callable[[Any, tf.Tensor], LoopResult]:
+                    stop_requested: Callable[[], tf.Tensor] = lambda: tf.constant(False),
+                    frozen_backbone: bool = False) -> Callable[[Any, tf.Tensor], LoopResult]:
     """Returns `train_loop(iterator, num_steps) -> LoopResult`.
 
     `stop_requested` runs after every step, inside the compiled loop (see
     `preemption.make_stop_check`); when it turns true the loop returns early.
+    With `frozen_backbone` only the head trains, and the backbone's batch
+    norm runs in inference mode, so its statistics stay those it was
+    trained with (the head has no layer that `training` changes).
     """
     strategy = runtime.strategy
     scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    trained = models.head_variables(model) if frozen_backbone else model.trainable_variables
 
     def replica_step(images, labels):
         with tf.GradientTape() as tape:
-            logits = model(images, training=True)
+            logits = model(images, training=not frozen_backbone)
             per_example = cross_entropy(labels, logits, num_classes, label_smoothing)
             # Divide by the GLOBAL batch: the optimizer sums gradients over
             # replicas, so the sum is the gradient of the global-batch mean.
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             scaled_loss = optimizer.scale_loss(loss) if scales_loss else loss
-        grads = tape.gradient(scaled_loss, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
+        grads = tape.gradient(scaled_loss, trained)
+        optimizer.apply(grads, trained)
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
         correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
         return loss, correct
