@@ -29,9 +29,9 @@ from trainer import config
 REPO = Path(__file__).resolve().parents[1]
 # The one folder of flagfiles that the images (launch/Dockerfile*) and the TPU VM get.
 CONFIGS = "configs"
-# Folder flags of the trainer that must be on storage every machine of the job shares.
+# Path flags of the trainer that must be on storage every machine of the job shares.
 # (--cache_dir is scratch for the built-in demo: the machine's own disk is right for it.)
-SHARED_PATH_FLAGS = ("data_dir", "model_dir")
+SHARED_PATH_FLAGS = ("data_dir", "model_dir", "init_checkpoint", "pretrained")
 _BUCKET = re.compile(r"[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?")
 
 

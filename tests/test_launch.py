@@ -82,8 +82,8 @@ def test_the_checked_flags_are_the_trainers() -> None:
 
 
 def test_every_config_is_there() -> None:
-    assert CONFIGS == ["cpu_demo.cfg", "gpu_1x.cfg", "gpu_8x.cfg", "gpu_multiworker.cfg",
-                       "tpu_v5e_8.cfg"]
+    assert CONFIGS == ["cpu_demo.cfg", "finetune_cpu.cfg", "finetune_gpu_1x.cfg", "gpu_1x.cfg",
+                       "gpu_8x.cfg", "gpu_multiworker.cfg", "tpu_v5e_8.cfg"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -103,6 +103,11 @@ def test_config_is_a_flagfile_of_trainer_flags(name: str) -> None:
         assert (fv.model, fv.width, fv.mixed_precision) == ("resnet18", 16, "float32")
         assert 64 <= fv.image_size <= 96 and fv.batch_size == 64 and 0 < fv.train_steps <= 5000
         assert fv.cache_decoded  # the demo's data set fits in memory many times over
+    elif name.startswith("finetune"):
+        # torchvision's layout and width; the file comes from the command line.
+        assert fv.width == 64 and fv.pretrained is None and fv.model in ("resnet18", "resnet50")
+        assert 0 < fv.backbone_lr_multiplier < 1 and fv.epochs <= 30
+        assert fv.mixed_precision == ("float32" if "cpu" in name else "mixed_float16")
     else:
         assert (fv.model, fv.image_size, fv.optimizer) == ("resnet50", 224, "sgd")
         tpu = name.startswith("tpu")
@@ -159,7 +164,8 @@ def test_readme_commands_work(gcloud_stub: tuple[dict, Path]) -> None:
     assert gcloud_calls(log) == []
 
 
-@pytest.mark.parametrize("name", [c for c in CONFIGS if c != "cpu_demo.cfg"])
+# The CPU configs run on the machine at hand, not through a launcher.
+@pytest.mark.parametrize("name", [c for c in CONFIGS if "cpu" not in c])
 def test_config_header_commands_work(name: str, gcloud_stub: tuple[dict, Path]) -> None:
     env, _ = gcloud_stub
     text = (REPO / "configs" / name).read_text()

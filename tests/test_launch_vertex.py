@@ -223,6 +223,9 @@ def test_bad_input_is_a_one_line_error(args: list[str], expected: str) -> None:
     (["--data_dir=/local/path"], "trainer flag --data_dir=/local/path: must be gs://BUCKET/PATH "
                                  "or /gcs/BUCKET/PATH (the job's machines cannot see local"),
     (["--model_dir=output/run"], "trainer flag --model_dir=output/run: must be gs://"),
+    (["--pretrained=resnet50.safetensors"],
+     "trainer flag --pretrained=resnet50.safetensors: must be gs://"),
+    (["--init_checkpoint=/runs/r1"], "trainer flag --init_checkpoint=/runs/r1: must be gs://"),
     (["--data_dir=gs://"], "trainer flag --data_dir=gs://: names no bucket"),
     (["--data_dir="], "trainer flag --data_dir= is empty: give gs://BUCKET/PATH or leave it out"),
     (["--flagfile=configs/gpu_1x.cfg", "--model_dir=/gcs/B/run"], "'B' is not a bucket name"),

@@ -38,7 +38,7 @@ def test_two_workers_train_evaluate_and_checkpoint_like_one_process(tiny_records
     assert checkpoint_steps(model_dir) == [2, 4]
     assert sorted(os.listdir(model_dir)) == [
         "checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index", "ckpt-4.data-00000-of-00001",
-        "ckpt-4.index", "eval", "export", "metrics.json", "train"]
+        "ckpt-4.index", "eval", "export", "metrics.json", "normalization.json", "train"]
     for writer in ("train", "eval"):
         assert len([f for f in os.listdir(os.path.join(model_dir, writer))
                     if f.startswith("events.out")]) == 1, writer

@@ -315,6 +315,10 @@ def test_vertex_aip_folders_used_without_model_dir(tiny_records, tmp_path):
     (["--cpu_devices=1000"], ["--cpu_devices", "[0, 64]"]),
     (["--train_steps=100000000000000000"], ["--train_steps"]),
     (["--train_steps=2", "--profile_steps=100,200"], ["--profile_steps=100,200", "last step (2)"]),
+    (["--init_checkpoint_modules=head"], ["--init_checkpoint_modules"]),
+    (["--init_checkpoint_modules=backbone"], ["--init_checkpoint_modules needs --init_checkpoint"]),
+    (["--backbone_lr_multiplier=-1"], ["--backbone_lr_multiplier", "[0, 10]"]),
+    (["--freeze_backbone_epochs=nan"], ["--freeze_backbone_epochs", "finite"]),
 ])
 def test_bad_flags_give_one_line_errors(tiny_records, tmp_path, args, words):
     result = train(tiny_records.data_dir, str(tmp_path / "model"), *args)
@@ -425,7 +429,8 @@ def test_help_documents_every_flag():
                  "eval_every", "checkpoint_every", "keep_checkpoints", "optimizer",
                  "learning_rate", "warmup_epochs", "weight_decay", "label_smoothing",
                  "zero_init_residual", "mixed_precision", "jit_compile", "seed", "mode",
-                 "profile_steps"):
+                 "profile_steps", "init_checkpoint", "init_checkpoint_modules", "pretrained",
+                 "backbone_lr_multiplier", "freeze_backbone_epochs"):
         # absl shows boolean flags as --[no]name.
         assert f"--{name}:" in result.stdout or f"--[no]{name}:" in result.stdout, name
 

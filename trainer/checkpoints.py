@@ -117,7 +117,7 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str) -> str | Non
       RuntimeError: checkpoints exist but none restores (e.g. they are of
         another --model); starting over silently would discard them.
     """
-    candidates = _checkpoints_newest_first(directory)
+    candidates = newest_first(directory)
     for path in candidates:
         try:
             checkpoint.restore(path).assert_existing_objects_matched()
@@ -135,7 +135,8 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str) -> str | Non
     return None
 
 
-def _checkpoints_newest_first(directory: str) -> list[str]:
+def newest_first(directory: str) -> list[str]:
+    """The prefixes of every `ckpt-N` in `directory`, highest N first."""
     numbered = []
     for index_file in tf.io.gfile.glob(posixpath.join(directory, "ckpt-*.index")):
         prefix = index_file[:-len(".index")]

@@ -24,6 +24,7 @@ MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 OPTIMIZERS = ("sgd", "adamw")
 MODES = ("train", "train_and_eval", "eval", "export")
 JIT_COMPILE = ("auto", "true", "false")
+INIT_MODULES = ("all", "backbone")
 
 # The CPU demo's flags, applied when --data_dir is not given.
 DEMO_FLAGFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -119,6 +120,28 @@ class TrainConfig:
     checkpoint_every: int = _option(
         1000, "Save a checkpoint every N steps (and at the end).", lower=1, upper=MAX_STEPS)
     keep_checkpoints: int = _option(3, "Checkpoints to keep.", lower=1, upper=1000)
+    # Where the weights start.
+    init_checkpoint: str | None = _option(
+        None, "Warm-start a new run from a checkpoint of this trainer: a prefix "
+        "(DIR/ckpt-N) or a model_dir, whose newest checkpoint is used; local or gs://. Step, "
+        "optimizer slots and schedule start fresh, and the inputs are normalised as that run "
+        "normalised them. A rerun resumes from its own --model_dir instead.")
+    init_checkpoint_modules: str | None = _option(
+        None, "What --init_checkpoint loads: all, or backbone (everything but the "
+        "classification head). Default: all when the class counts match, else backbone.",
+        choices=INIT_MODULES)
+    pretrained: str | None = _option(
+        None, "Start from ImageNet weights in the torchvision/timm layout, a .safetensors file "
+        "(local or gs://): torchvision's resnet18-152 converted with safetensors, or timm's "
+        "resnet50.tv_in1k / tv2_in1k / a1_in1k model.safetensors from the Hugging Face hub. "
+        "Loads the backbone (--width=64); the head starts fresh; inputs are normalised with "
+        "ImageNet's statistics. See the README's 'Fine-tune from ImageNet weights'.")
+    backbone_lr_multiplier: float = _option(
+        1.0, "Learning rate of everything but the head, as a multiple of --learning_rate "
+        "(fine-tuning recipes use 0.1 or lower).", lower=0, upper=10)
+    freeze_backbone_epochs: float = _option(
+        0.0, "First train only the head for this many epochs, the backbone frozen with its "
+        "batch norm in inference mode, then everything.", lower=0, upper=100_000)
     # How.
     optimizer: str = _option("sgd", "sgd (momentum 0.9) or adamw.", choices=OPTIMIZERS)
     learning_rate: float = _option(
@@ -226,6 +249,10 @@ def from_flags(flag_values: flags.FlagValues, *, data_dir: str, paths: Paths) ->
     """Reads the parsed flags once; nothing below `main` sees them."""
     if flag_values.train_steps == 0 and flag_values.epochs == 0:
         raise ValueError("set --train_steps or --epochs to more than 0")
+    if flag_values.init_checkpoint and flag_values.pretrained:
+        raise ValueError("pass --init_checkpoint or --pretrained, not both")
+    if flag_values.init_checkpoint_modules and not flag_values.init_checkpoint:
+        raise ValueError("--init_checkpoint_modules needs --init_checkpoint")
     return TrainConfig(
         data_dir=data_dir, paths=paths,
         profile_steps=parse_profile_steps(flag_values.profile_steps),

@@ -64,7 +64,7 @@ def main(argv: Sequence[str]) -> None:
         data_dir = FLAGS.data_dir or _use_demo_defaults()
         train.run(config.from_flags(FLAGS, data_dir=data_dir,
                                     paths=config.Paths.resolve(FLAGS.model_dir)))
-    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError, MemoryError) as e:
+    except (ValueError, OSError, FloatingPointError, RuntimeError, MemoryError) as e:
         logging.flush()
         sys.exit(f"error: {str(e).splitlines()[0]}")
 

@@ -35,6 +35,7 @@ from trainer import periodic
 from trainer import preemption
 from trainer import reporting
 from trainer import steps
+from trainer import warm_start
 from trainer.config import TrainConfig
 from trainer.state import INPUT_DTYPES, Schedule, State, create_state
 from trainer.strategy import Runtime, setup_runtime, wait_for_all_workers
@@ -104,6 +105,8 @@ def run(config: TrainConfig) -> dict[str, Any] | None:
             raise FileNotFoundError(
                 f"no checkpoint in {config.paths.checkpoints} to {config.mode}; train first "
                 "(--mode=train)")
+        info = warm_start.start(config, state.model, info, resumed=bool(state.checkpoints.path),
+                                is_chief=runtime.is_chief)
         # Closing the writers flushes their last events, also on the way out
         # of a preemption or an error.
         with Summaries(config.paths.summaries, enabled=runtime.is_chief) as summaries:
@@ -195,10 +198,8 @@ def train(ctx: RunContext) -> dict[str, Any] | None:
     with preemption.SigtermWatcher() as sigterm:
         if step == 0:
             reporting.log_start(ctx.summaries, config, runtime, ctx.info, ctx.schedule)
-        train_loop = steps.make_train_loop(
-            runtime, state.model, state.optimizer, global_batch_size=ctx.schedule.global_batch_size,
-            num_classes=ctx.info.num_classes, label_smoothing=config.label_smoothing,
-            stop_requested=preemption.make_stop_check(runtime.strategy, sigterm.flag))
+        frozen_until = ctx.schedule.frozen_steps
+        train_loops = _train_loops(ctx, sigterm, frozen=step < frozen_until)
         sync_statistics = steps.make_sync_statistics(runtime, state.model)
         iterator = iter(distribute(runtime, config, ctx.info, records.TRAIN, training=True,
                                    first_step=step))
@@ -207,9 +208,9 @@ def train(ctx: RunContext) -> dict[str, Any] | None:
             stop = periodic.next_stop(
                 step, target, config.steps_per_loop,
                 intervals=(config.eval_every if evaluating else 0, config.checkpoint_every),
-                milestones=profiler.boundaries())
-            step, result = run_steps(ctx, train_loop, iterator, step=step, stop=stop,
-                                     throughput=throughput, profiler=profiler)
+                milestones=(*profiler.boundaries(), frozen_until))
+            step, result = run_steps(ctx, train_loops[step < frozen_until], iterator, step=step,
+                                     stop=stop, throughput=throughput, profiler=profiler)
             # The same decisions on every worker: `preempted` is all-reduced.
             preempted = bool(result.preempted) and step < target
             saving = preempted or checkpoint_now.due(step) or step == target
@@ -229,6 +230,23 @@ def train(ctx: RunContext) -> dict[str, Any] | None:
         if runtime.is_chief:
             _export(ctx)
     return results
+
+
+def _train_loops(ctx: RunContext, sigterm: preemption.SigtermWatcher,
+                 frozen: bool) -> dict[bool, Callable[[Iterator, tf.Tensor], steps.LoopResult]]:
+    """The compiled loop of each phase still to run, keyed by whether the backbone is frozen.
+
+    One loop per phase: which variables train is fixed when the loop is traced.
+    """
+    if frozen:
+        logging.info("training the head only until step %d: the backbone is frozen, its batch "
+                     "norm in inference mode", ctx.schedule.frozen_steps)
+    return {phase: steps.make_train_loop(
+        ctx.runtime, ctx.state.model, ctx.state.optimizer,
+        global_batch_size=ctx.schedule.global_batch_size, num_classes=ctx.info.num_classes,
+        label_smoothing=ctx.config.label_smoothing,
+        stop_requested=preemption.make_stop_check(ctx.runtime.strategy, sigterm.flag),
+        frozen_backbone=phase) for phase in {False, frozen}}
 
 
 def run_steps(ctx: RunContext, train_loop: Callable[[Iterator, tf.Tensor], steps.LoopResult],
