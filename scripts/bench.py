@@ -83,43 +83,73 @@ class SyntheticData:
     records_dir: str  # what input_pipeline.make_tfrecords writes from them
 
 
-def synthetic_images(work_dir: str, images_per_class: int) -> str:
-    """Class folders of synthetic PNGs under `work_dir`, generated once per size.
+def synthetic_images(work_dir: str, images_per_class: int, seed: int = 0) -> str:
+    """Class folders of synthetic PNGs under `work_dir`, generated once per size and seed.
 
     Generating takes longer than converting: a later run with the same
-    `work_dir` and size reuses them.
+    `work_dir`, size and seed reuses them.
     """
-    root = os.path.join(work_dir, f"images-{images_per_class}-per-class")
+    root = os.path.join(work_dir, f"images-{images_per_class}-per-class{_seed_suffix(seed)}")
     if not os.path.isdir(root):
-        print(f"generating {images_per_class} synthetic images per class in {root} ...",
-              flush=True)
+        print(f"generating {images_per_class} synthetic images per class (seed {seed}) in "
+              f"{root} ...", flush=True)
         partial = f"{root}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        synthetic.generate(partial, images_per_class, seed=0)
+        synthetic.generate(partial, images_per_class, seed=seed)
         # Renamed when complete: an interrupted run leaves nothing to reuse.
         os.rename(partial, root)
     return os.path.join(root, TRAIN_FOLDER)
 
 
-def synthetic_records(work_dir: str, images_per_class: int, *,
+def synthetic_records(work_dir: str, images_per_class: int, *, seed: int = 0,
+                      classes: Sequence[str] | None = None,
+                      validation_fraction: float = ConvertOptions.validation_fraction,
                       num_shards: int = ConvertOptions.num_shards,
-                      max_image_side: int = ConvertOptions.max_image_side) -> SyntheticData:
+                      max_image_side: int = ConvertOptions.max_image_side,
+                      num_workers: int | None = ConvertOptions.num_workers) -> SyntheticData:
     """Synthetic PNGs and their records under `work_dir`, each reused if already there.
 
-    The records are the converter's, with its defaults but for the shards and
-    the image side.
+    The records are the converter's, with its defaults but for the split, the
+    shards, the image side and the workers, of `classes` only (default: all
+    12 species).
     """
-    images_dir = synthetic_images(work_dir, images_per_class)
-    records_dir = os.path.join(work_dir, f"records-{images_per_class}-per-class-"
-                               f"{num_shards}-shards-{max_image_side}-px")
+    images_dir = synthetic_images(work_dir, images_per_class, seed)
+    name = f"{images_per_class}-per-class{_seed_suffix(seed)}"
+    if classes is not None:
+        indices = [synthetic.CLASS_NAMES.index(c) for c in classes]  # ValueError: not a species
+        name += "-classes-" + "-".join(map(str, indices))
+        images_dir = _class_subset(images_dir, classes,
+                                   os.path.join(work_dir, f"images-{name}"))
+    if validation_fraction != ConvertOptions.validation_fraction:
+        name += f"-validation-{validation_fraction:g}"
+    records_dir = os.path.join(work_dir, f"records-{name}-{num_shards}-shards-{max_image_side}-px")
     # The converter writes dataset_info.json last: without it, an interrupted run.
     if not os.path.exists(os.path.join(records_dir, records.INFO_FILE)):
         print(f"converting to records (longer side <= {max_image_side} px) in {records_dir} ...",
               flush=True)
         convert(images_dir, records_dir, ConvertOptions(
-            num_shards=num_shards, max_image_side=max_image_side, overwrite=True,
+            num_shards=num_shards, validation_fraction=validation_fraction, seed=seed,
+            max_image_side=max_image_side, num_workers=num_workers, overwrite=True,
             show_progress=False))
     return SyntheticData(images_dir, records_dir)
+
+
+def _seed_suffix(seed: int) -> str:
+    # Seed 0 keeps the names of the folders from before seeds were chosen: caches stay valid.
+    return f"-seed-{seed}" if seed else ""
+
+
+def _class_subset(images_dir: str, classes: Sequence[str], subset_dir: str) -> str:
+    """A folder of links to some of `images_dir`'s class folders: the converter's input."""
+    if not os.path.isdir(subset_dir):
+        partial = f"{subset_dir}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        for name in classes:
+            os.symlink(os.path.abspath(os.path.join(images_dir, name)),
+                       os.path.join(partial, name))
+        os.rename(partial, subset_dir)
+    return subset_dir
 
 
 # --------------------------------------------------------------------------

@@ -13,13 +13,11 @@ each variant runs, one after the other, as a fresh trainer process:
         --model_dir=... --eval_every=... --train_steps=... VARIANT_FLAGS
 
 which is what the demo runs, with evaluations every --eval_every steps so
-the crossing is resolved finely. While it trains, its evaluation events
-(eval/accuracy) are read every second; the first evaluation at or above
---target gives the time to target (the event's wall time minus the time the
-process was started), its step and accuracy, and the run is then stopped
-with SIGTERM (the trainer saves and exits with 143). A run that never gets
-there reports its best evaluation instead. Training images/s is the median
-of the run's train/images_per_second scalars (one per loop of steps).
+the crossing is resolved finely. scripts/accuracy_runs.py runs it, reads
+its evaluations while it trains and stops it at the first one at or above
+--target: the time to target is that event's wall time minus the time the
+process was started. A run that never gets there reports its best
+evaluation instead.
 
 Times include Python and TensorFlow start-up, tracing, evaluations and
 checkpoints: every variant pays them, the default included. Runs share the
@@ -34,24 +32,23 @@ Usage: python scripts/benchmark_time_to_accuracy.py [--target=0.85]
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
-import re
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import bench  # First: puts the repository root on sys.path.
 from absl import flags
-from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
-from tensorboard.util import tensor_util
+from accuracy_runs import (
+    Outcome,
+    cell,
+    demo_flags,
+    folder_name,
+    run_to_target,
+    trainer_command,
+)
 
 from input_pipeline import demo_data
-from launch.trainer_args import trainer_flag_values
 from trainer.config import DEMO_FLAGFILE
 
 # Name -> trainer flags on top of the demo's. Adding a variant is one line.
@@ -66,22 +63,6 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 ALL = "all"
-
-# Exit codes of a run that did its job: finished (0), or stopped by our
-# SIGTERM after saving (143; minus SIGTERM if it came after the trainer
-# stopped watching for it, during its last moments).
-_STOPPED_OK = (0, 128 + signal.SIGTERM)
-# Far longer than saving the demo model's checkpoint takes: past it, the
-# trainer is stuck and is killed.
-_STOP_TIMEOUT_SECONDS = 120
-
-
-def demo_flags() -> flags.FlagValues:
-    """The trainer's flags as the CPU demo sets them, in a set of their own."""
-    flag_values = trainer_flag_values()
-    flag_values(["trainer", f"--flagfile={DEMO_FLAGFILE}"])
-    return flag_values
-
 
 def variant_names(value: str) -> list[str]:
     """--variants as a list, in the given order and once each.
@@ -114,147 +95,12 @@ class Settings:
 
 
 # --------------------------------------------------------------------------
-# Reading a run's events while it writes them.
-
-
-@dataclasses.dataclass(frozen=True)
-class Scalar:
-    step: int
-    value: float
-    wall_time: float  # Seconds since the epoch, when the trainer wrote it.
-
-
-class ScalarReader:
-    """New values of one scalar tag in a run's event folder, as they are written.
-
-    TensorBoard's loader keeps its place in each file and leaves a record the
-    writer has not finished for the next call.
-    """
-
-    def __init__(self, log_dir: str, tag: str):
-        self.log_dir, self.tag = log_dir, tag
-        self._loaders: dict[str, LegacyEventFileLoader] = {}
-
-    def read_new(self) -> list[Scalar]:
-        for path in sorted(glob.glob(os.path.join(self.log_dir, "events.out.tfevents.*"))):
-            if path not in self._loaders:
-                self._loaders[path] = LegacyEventFileLoader(path)
-        return [
-            Scalar(event.step, float(tensor_util.make_ndarray(value.tensor))
-                   if value.HasField("tensor") else value.simple_value, event.wall_time)
-            for loader in self._loaders.values()
-            for event in loader.Load()
-            for value in event.summary.value
-            if value.tag == self.tag
-        ]
-
-
-# --------------------------------------------------------------------------
-# Running one variant.
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """What one run of a variant gave."""
-
-    variant: str
-    exit_code: int
-    start_time: float
-    evals: tuple[Scalar, ...] = ()
-    reached: Scalar | None = None  # The first evaluation at or above the target.
-    images_per_second: float | None = None
-    error: str | None = None  # Last line of a failed run's log.
-
-    @property
-    def seconds_to_target(self) -> float | None:
-        return None if self.reached is None else self.reached.wall_time - self.start_time
-
-    @property
-    def best(self) -> Scalar | None:
-        return max(self.evals, key=lambda e: e.value, default=None)
-
-
-def trainer_command(records_dir: str, model_dir: str, eval_every: int, max_steps: int,
-                    variant_flags: tuple[str, ...]) -> list[str]:
-    """The demo's command on `records_dir`, with the variant's flags last so they win."""
-    return [
-        sys.executable, "-m", "trainer.main", f"--flagfile={DEMO_FLAGFILE}",
-        f"--data_dir={records_dir}", f"--model_dir={model_dir}", f"--eval_every={eval_every}",
-        f"--train_steps={max_steps}", *variant_flags,
-    ]
-
-
-def run_variant(variant: str, command: list[str], model_dir: str, target: float, *,
-                poll_seconds: float = 1.0, clock: Callable[[], float] = time.time,
-                sleep: Callable[[float], None] = time.sleep) -> Outcome:
-    """Runs `command` until an evaluation reaches `target` or the run ends.
-
-    `clock` must be the epoch clock the trainer stamps its events with.
-    """
-    os.makedirs(model_dir, exist_ok=True)
-    # A file, not a pipe: a pipe nobody reads fills up and blocks the trainer.
-    log_path = os.path.join(model_dir, "trainer.log")
-    evals = ScalarReader(os.path.join(model_dir, "eval"), "accuracy")
-    seen: list[Scalar] = []
-    reached, stopped = None, False
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    with open(log_path, "w") as log:
-        start_time = clock()
-        process = subprocess.Popen(command, cwd=bench.REPO, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-        try:
-            while reached is None:
-                running = process.poll() is None
-                # Read after poll(): once it has exited, its last events are in the files.
-                seen += evals.read_new()
-                reached = next((e for e in seen if e.value >= target), None)
-                if not running:
-                    break
-                if reached is None:
-                    sleep(poll_seconds)
-            if reached is not None and process.poll() is None:
-                print(f"  {variant}: accuracy {reached.value:.4f} at step {reached.step}, "
-                      "stopping the run", flush=True)
-                process.send_signal(signal.SIGTERM)
-                stopped = True
-                try:
-                    process.wait(timeout=_STOP_TIMEOUT_SECONDS)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            exit_code = process.wait()
-        finally:
-            if process.poll() is None:  # Interrupted: leave no trainer behind.
-                process.kill()
-                process.wait()
-    seen += evals.read_new()
-    rates = [s.value for s in ScalarReader(os.path.join(model_dir, "train"),
-                                           "images_per_second").read_new()]
-    ok = exit_code in _STOPPED_OK or (stopped and exit_code == -signal.SIGTERM)
-    return Outcome(
-        variant=variant, exit_code=exit_code, start_time=start_time,
-        evals=tuple(sorted(seen, key=lambda e: e.step)), reached=reached,
-        images_per_second=statistics.median(rates) if rates else None,
-        error=None if ok else _last_line(log_path),
-    )
-
-
-def _last_line(path: str) -> str:
-    with open(path, errors="replace") as f:
-        lines = [line.strip() for line in f if line.strip()]
-    return lines[-1] if lines else "(no output)"
-
-
-# --------------------------------------------------------------------------
 # Reporting.
-
-
-def _number(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def report(outcomes: list[Outcome], target: float, max_steps: int) -> str:
     """One row per variant: time, step and accuracy at the target, training images/s."""
-    width = max(len("variant"), *(len(o.variant) for o in outcomes))
+    width = max(len("variant"), *(len(o.name) for o in outcomes))
     time_header = f"time to {target:g} (s)"
     time_width = max(10, len(time_header))
     lines = [(f"{'variant':{width}s}  {time_header:>{time_width}s}  {'step':>6s}  "
@@ -268,15 +114,11 @@ def report(outcomes: list[Outcome], target: float, max_steps: int) -> str:
             note = (f"target not reached in {max_steps} steps: best evaluation shown"
                     if shown else "no evaluation written")
         lines.append(
-            f"{o.variant:{width}s}  {_number(o.seconds_to_target, '.1f'):>{time_width}s}  "
-            f"{_number(shown and shown.step, 'd'):>6s}  "
-            f"{_number(shown and shown.value, '.4f'):>8s}  "
-            f"{_number(o.images_per_second, '.1f'):>14s}  {note}".rstrip())
+            f"{o.name:{width}s}  {cell(o.seconds_to_target, '.1f'):>{time_width}s}  "
+            f"{cell(shown and shown.step, 'd'):>6s}  "
+            f"{cell(shown and shown.value, '.4f'):>8s}  "
+            f"{cell(o.images_per_second, '.1f'):>14s}  {note}".rstrip())
     return "\n".join(lines)
-
-
-def _folder_name(variant: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", variant)
 
 
 def prepare_data(settings: Settings) -> str:
@@ -293,11 +135,10 @@ def run_variants(settings: Settings, records_dir: str, runs_dir: str) -> list[Ou
           f"{runs_dir}", flush=True)
     outcomes = []
     for variant in settings.variants:
-        model_dir = os.path.join(runs_dir, _folder_name(variant))
+        model_dir = os.path.join(runs_dir, folder_name(variant))
         command = trainer_command(records_dir, model_dir, settings.eval_every,
                                   settings.max_steps, VARIANTS[variant])
-        print(f"running {variant}: {' '.join(command[1:])}", flush=True)
-        outcomes.append(run_variant(variant, command, model_dir, settings.target))
+        outcomes.append(run_to_target(variant, command, model_dir, settings.target))
     return outcomes
 
 
@@ -319,7 +160,7 @@ def main(argv: Sequence[str]) -> None:
           "Times run from the start of each trainer process: they include Python and TensorFlow "
           "start-up,\ntracing, evaluations and checkpoints, which every variant pays, the default "
           f"included.\n{bench.load_line(load_before)}")
-    failed = [o.variant for o in outcomes if o.error is not None]
+    failed = [o.name for o in outcomes if o.error is not None]
     if failed:
         sys.exit(f"error: {len(failed)} of {len(outcomes)} variant(s) failed: {', '.join(failed)}"
                  "; see the note in their row")

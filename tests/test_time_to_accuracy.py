@@ -16,11 +16,18 @@ import sys
 
 import pytest
 
+from launch.trainer_args import trainer_flag_values
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "benchmark_time_to_accuracy.py")
 SHORT = ["--images_per_class=2", "--eval_every=10"]
 FLAGS = ("--target", "--variants", "--eval_every", "--max_steps", "--cache_dir", "--work_dir",
          "--images_per_class")
+
+# As `python scripts/benchmark_time_to_accuracy.py` has it: `import bench` finds scripts/.
+if os.path.dirname(SCRIPT) not in sys.path:
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+import accuracy_runs  # After the line above: it lives in scripts/.
 
 
 def run_benchmark(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -48,9 +55,6 @@ def cache_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def script():
-    # As `python scripts/benchmark_time_to_accuracy.py` has it: `import bench` finds scripts/.
-    if os.path.dirname(SCRIPT) not in sys.path:
-        sys.path.insert(0, os.path.dirname(SCRIPT))
     spec = importlib.util.spec_from_file_location("benchmark_time_to_accuracy", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it loads
@@ -92,9 +96,9 @@ def test_unreached_target_shows_the_best_evaluation(cache_dir):
 
 def test_failed_run_is_reported_with_its_last_line(script, tmp_path):
     # The script's own trainer command, on a data dir that is not there.
-    command = script.trainer_command(str(tmp_path / "nowhere"), str(tmp_path / "run"),
-                                     eval_every=10, max_steps=10, variant_flags=())
-    outcome = script.run_variant("default", command, str(tmp_path / "run"), target=0.5)
+    command = accuracy_runs.trainer_command(str(tmp_path / "nowhere"), str(tmp_path / "run"),
+                                            eval_every=10, max_steps=10, extra_flags=())
+    outcome = accuracy_runs.run_to_target("default", command, str(tmp_path / "run"), target=0.5)
     assert outcome.exit_code == 1 and outcome.reached is None and outcome.evals == ()
     assert outcome.error.startswith("error: ") and "nowhere" in outcome.error
     row = script.report([outcome], target=0.5, max_steps=10).splitlines()[1]
@@ -104,7 +108,7 @@ def test_failed_run_is_reported_with_its_last_line(script, tmp_path):
 
 def test_every_variant_is_valid_trainer_flags(script):
     for variant, variant_flags in script.VARIANTS.items():
-        trainer_flags = script.trainer_flag_values()
+        trainer_flags = trainer_flag_values()
         trainer_flags(["trainer", f"--flagfile={script.DEMO_FLAGFILE}", *variant_flags])
         for flag in variant_flags:
             name, value = flag.lstrip("-").split("=")

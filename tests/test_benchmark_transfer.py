@@ -1,0 +1,140 @@
+"""Smoke tests of `scripts/benchmark_transfer.py`, run as a user runs it.
+
+A few images per class, a 2-step source run, a 10-step budget and target 0
+(the first evaluation reaches it): these check that the script makes both
+data sets, pretrains, runs every contender from the source run's checkpoint
+and prints the table and ratio lines, never how fast anything was. Whether
+a run stops at the target or goes on is checked on a stand-in trainer that
+writes three evaluations.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+# A stand-in for the trainer: evaluations 0.5, 0.9, 0.95 at steps 1 to 3, as
+# the trainer writes them to MODEL_DIR/eval; the last one 3 s after the
+# target is passed, far longer than the 0.25 s between polls.
+FAKE_TRAINER = """
+import sys, time
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+writer = EventFileWriter(sys.argv[1] + "/eval")
+for step, accuracy, pause in ((1, 0.5, 0.5), (2, 0.9, 3), (3, 0.95, 0)):
+    value = summary_pb2.Summary.Value(tag="accuracy", simple_value=accuracy)
+    writer.add_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                     summary=summary_pb2.Summary(value=[value])))
+    writer.flush()
+    time.sleep(pause)
+"""
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "scripts", "benchmark_transfer.py")
+TINY = ["--source_images_per_class=2", "--source_steps=2", "--train_images_per_class=2",
+        "--validation_images_per_class=3", "--max_steps=10", "--eval_every=1", "--target=0",
+        "--seeds=1", "--freeze_epochs=1", "--stop_at_target"]
+FLAGS = ("--target", "--seeds", "--max_steps", "--eval_every", "--freeze_epochs",
+         "--[no]stop_at_target", "--train_images_per_class", "--validation_images_per_class",
+         "--source_images_per_class", "--source_steps", "--work_dir")
+
+# As `python scripts/benchmark_transfer.py` has it: `import bench` finds scripts/.
+if os.path.dirname(SCRIPT) not in sys.path:
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+import accuracy_runs  # After the line above: it lives in scripts/.
+
+
+def run_benchmark(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "GCE_METADATA_IP": "127.0.0.1:9"}
+    return subprocess.run([sys.executable, SCRIPT, *args], check=False, cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("benchmark_transfer", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+def table_row(stdout: str, contender: str) -> list[str]:
+    """The cells of `contender`'s row: time, per seed, step, accuracy, best, per seed, images/s."""
+    match = re.search(rf"^{re.escape(contender)}  +(.*)$", stdout, re.MULTILINE)
+    assert match, stdout
+    return match.group(1).split()
+
+
+def test_tiny_run_reports_every_contender_and_ratio(script, tmp_path):
+    result = run_benchmark(*TINY, f"--work_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert re.search(r"^source run \(one-off\): [0-9.]+ s for 2 steps, validation accuracy",
+                     out, re.MULTILINE), out
+    contenders = script.contenders("SOURCE", 1)
+    for name in contenders:
+        seconds, per_seed, step, accuracy, best, best_per_seed, images_per_second = (
+            table_row(out, name))
+        assert float(seconds) > 0 and per_seed == seconds and int(step) == 1, out
+        assert 0.0 <= float(accuracy) <= float(best) <= 1.0 and best_per_seed == best, out
+        assert float(images_per_second) > 0, out
+    for name in contenders:
+        if name != script.SCRATCH:
+            assert re.search(rf"^{re.escape(name)} / scratch: +[0-9.]+ \(", out, re.MULTILINE), out
+    assert re.search(r"^fastest to 0: fine-tune", out, re.MULTILINE), out
+    assert "highest best accuracy within the budget: fine-tune" in out
+    assert "stopping the run" in out and "Best accuracy: up to the first evaluation" in out
+    assert "load average" in out
+    # Fine-tuning starts from the source run's backbone, never its head (both sets have 6 classes).
+    source_dir = tmp_path / "source-2-per-class-2-steps"
+    assert f"--init_checkpoint={source_dir} --init_checkpoint_modules=backbone" in out
+    assert json.loads((source_dir / "source_run.json").read_text())["step"] == 2
+    # The target set: the other 6 species, split into exactly the asked-for counts.
+    (info_path,) = tmp_path.glob("data/records-5-per-class-seed-1-*/dataset_info.json")
+    splits = json.loads(info_path.read_text())["splits"]
+    assert splits["train"]["num_examples"] == 12 and splits["validation"]["num_examples"] == 18
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_a_run_stops_at_the_target_or_goes_on_to_its_end(tmp_path, stop, capsys):
+    command = [sys.executable, "-c", FAKE_TRAINER, str(tmp_path)]
+    outcome = accuracy_runs.run_to_target("fake", command, str(tmp_path), target=0.8, stop=stop)
+    assert outcome.error is None and outcome.reached.step == 2
+    assert outcome.seconds_to_target > 0
+    if stop:  # SIGTERM in the pause after step 2: the third evaluation is never written.
+        assert [e.step for e in outcome.evals] == [1, 2]
+        assert outcome.best.value == pytest.approx(0.9)  # float32 in the event
+        assert "fake: accuracy 0.9000 at step 2, stopping the run" in capsys.readouterr().out
+    else:
+        assert [e.step for e in outcome.evals] == [1, 2, 3]
+        assert outcome.best.value == pytest.approx(0.95)
+        assert outcome.exit_code == 0 and outcome.seconds_to_last_eval > 3
+
+
+def test_help_lists_every_flag():
+    result = run_benchmark("--help", timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # absl's exit after help
+    documented = re.findall(r"^  (--\S+):", result.stdout, re.MULTILINE)
+    assert sorted(documented) == sorted(FLAGS)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--target=1.5"], ["--target", "[0, 1]", "1.5"]),
+    (["--freeze_epochs=0"], ["--freeze_epochs", "more than 0"]),
+    (["--seeds=0"], ["--seeds=0", "positive integer"]),
+    (["stray"], ["unexpected arguments stray"]),
+])
+def test_bad_flags_fail_with_one_line(args, words, tmp_path):
+    result = run_benchmark(*args, f"--work_dir={tmp_path}", timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "generating" not in result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    for word in words:
+        assert word in last, last
