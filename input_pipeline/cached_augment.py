@@ -7,11 +7,14 @@ into a fixed-size square (plus its transpose) that `tf.data` caches, and
 `random_crop_flip_rotate_batch` then augments a whole batch of them at once
 with batched ops, drawing crops, flips and rotations from the same
 distribution as `preprocessing.decode_and_random_crop` and
-`preprocessing.random_flip_and_rotate`. `dataset.py` runs it XLA-compiled.
+`preprocessing.random_flip_and_rotate`. `dataset.py` runs it XLA-compiled,
+then RandAugment and mixing if asked (`randaugment.py`, `mixing.py`).
 
 Pure functions with stateless seeds, like `preprocessing.py`: the same
-output eagerly, in a `tf.function`, inside `tf.data` and (up to rounding)
-under XLA.
+output eagerly, in a `tf.function` and inside `tf.data`. Under XLA the same
+given the same draws (up to rounding), but the crops come out different:
+`tf.random.stateless_uniform`'s floats differ there (see
+`preprocessing.stateless_uniform`, which the later stages use).
 """
 
 from __future__ import annotations

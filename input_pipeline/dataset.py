@@ -8,6 +8,9 @@ list shards -> shard per input pipeline (`sharing.share_split`) -> interleave
 With `cache_decoded`, training decodes once instead (`_cached_train_batches`,
 augmenting with `cached_augment.py`):
 ... interleave -> parse -> decode -> cache -> shuffle -> batch -> augment ...
+Training may add RandAugment (`randaugment.py`) to either path, after the
+crops and before normalisation, and mixup or CutMix (`mixing.py`) after
+normalisation; then batches hold soft targets instead of labels.
 
 Records are batched while still serialized, and each map call parses and
 preprocesses a whole batch (one image at a time, with the pure functions of
@@ -25,13 +28,14 @@ hosts), every pipeline also yields the same number of batches, topping up
 with batches made only of padding, so no worker waits for a batch that never
 comes.
 
-When a pipeline fails on a damaged record, `find_corrupt_shards` names the
-shard it came from, which tf.data's error does not.
+When a pipeline fails on a damaged record, `records.find_corrupt_shards`
+names the shard it came from, which tf.data's error does not.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple, Sequence
 
@@ -39,7 +43,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from input_pipeline import cached_augment, preprocessing, records, sharing
+from input_pipeline import cached_augment, preprocessing, randaugment, records, sharing
+from input_pipeline import mixing as mixing_lib
 
 # Label of the examples that pad evaluation batches to a static shape.
 PADDING_LABEL = -1
@@ -66,6 +71,8 @@ def create_dataset(
     seed: int | None = None,
     info: records.DatasetInfo | None = None,
     cache_decoded: bool = False,
+    randaugment: tuple[int, float] | None = None,
+    mixing: mixing_lib.MixOptions | None = None,
 ) -> tf.data.Dataset:
     """Batches of (images, labels) from the converter's records.
 
@@ -90,18 +97,30 @@ def create_dataset(
       cache_decoded: training only: decode each image once into memory
         (2 * 3 * `cached_augment.cache_side(image_size)`**2 bytes each) and
         augment whole batches from there, with the same distribution.
+      randaugment: training only: (N, M), RandAugment with N operations per
+        image at magnitude M (0..10) after the crops
+        (`randaugment.randaugment_batch`); None: off.
+      mixing: training only: mixup and CutMix of whole batches
+        (`mixing.mix_batch`); None or not `enabled`: off.
 
     Returns:
       images `[batch_size, image_size, image_size, 3]` in `dtype`, normalised
-      with the data set's mean and std, and int32 labels `[batch_size]`.
+      with the data set's mean and std, and int32 labels `[batch_size]`; with
+      `mixing` enabled, float32 targets `[batch_size, num_classes]` instead of
+      labels, each row summing to 1 (no label smoothing).
 
     Raises:
       FileNotFoundError: `data_dir`, its `dataset_info.json` or shards missing.
-      ValueError: shards missing or cut short, or a training pipeline left
-        without records.
+      ValueError: shards missing or cut short, a training pipeline left
+        without records, or `randaugment` or `mixing` for evaluation.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    mixing = mixing if mixing is not None and mixing.enabled else None
+    if not training and (randaugment is not None or mixing is not None):
+        raise ValueError(
+            f"randaugment={randaugment} and mixing={mixing} augment training batches only: "
+            "pass them with training=True, and leave evaluation as it is")
     # The defaults: one pipeline feeding one replica.
     context = input_context or tf.distribute.InputContext()
     num_pipelines = context.num_input_pipelines
@@ -114,11 +133,12 @@ def create_dataset(
     # The cache replays its first pass instead of reading the files again.
     own_records = _read_share(shards, shares[context.input_pipeline_id], training=training,
                               repeat=training and not cache_decoded, seed=seeds.files)
-    spec = _BatchSpec(batch_size, image_size, dtype, info.mean, info.std)
+    spec = _BatchSpec(batch_size, image_size, dtype, info.mean, info.std,
+                      randaugment, mixing, info.num_classes)
     if not training:
         num_batches = None  # as many as this pipeline's records fill
         if distributed:
-            num_batches = _eval_batches_per_pipeline(
+            num_batches = sharing.eval_batches_per_pipeline(
                 shares, info.shard_lengths[split], batch_size, replicas_per_pipeline)
         ds = _eval_batches(own_records, spec, num_batches)
     else:
@@ -148,13 +168,16 @@ def _read_info(data_dir: str, split: str, info: records.DatasetInfo | None, *,
 
 @dataclasses.dataclass(frozen=True)
 class _BatchSpec:
-    """What every batch of one pipeline holds, and how its images are normalised."""
+    """What every batch of one pipeline holds, and how its images are normalised and augmented."""
 
     batch_size: int
     image_size: int
     dtype: tf.DType
     mean: Sequence[float]
     std: Sequence[float]
+    randaugment: tuple[int, float] | None = None  # (N, M)
+    mixing: mixing_lib.MixOptions | None = None  # enabled, or None
+    num_classes: int = 0  # the targets' length, with mixing
 
 
 class _Seeds(NamedTuple):
@@ -207,10 +230,24 @@ def _batch_seeds(seed: int | None) -> tf.data.Dataset:
     return tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
 
 
+def _finish_batch(images: tf.Tensor, labels: tf.Tensor, randaugment_seed: tf.Tensor | None,
+                  mix_seed: tf.Tensor | None, spec: _BatchSpec) -> tuple[tf.Tensor, tf.Tensor]:
+    """Cropped float32 0..255 images -> RandAugment (on pixel values), normalisation,
+    mixing (in float32), the cast: (images in `spec.dtype`, labels or soft targets)."""
+    if spec.randaugment is not None:
+        images = randaugment.randaugment_batch(images, randaugment_seed, *spec.randaugment)
+    images = preprocessing.normalize(images, spec.mean, spec.std)
+    if spec.mixing is not None:
+        images, labels = mixing_lib.mix_batch(images, labels, mix_seed, spec.num_classes,
+                                              spec.mixing)
+    return tf.cast(images, spec.dtype), labels
+
+
 def _train_batches(
     own_records: tf.data.Dataset, spec: _BatchSpec, buffer: int, seeds: _Seeds
 ) -> tf.data.Dataset:
-    """Shuffled records, batched, then decoded and augmented image by image."""
+    """Shuffled records, batched, then decoded and augmented image by image
+    (RandAugment and mixing, if asked, on the whole batch)."""
     batch_seeds = _batch_seeds(seeds.augment)
     # Shuffle the small encoded records, before they are decoded.
     ds = own_records.shuffle(buffer, seed=seeds.shuffle)
@@ -218,10 +255,18 @@ def _train_batches(
 
     def parse_and_augment(serialized: tf.Tensor, batch_seed: tf.Tensor):
         image_bytes, labels = _parse(serialized)
-        example_seeds = tf.random.experimental.stateless_split(batch_seed, num=spec.batch_size)
-        images = preprocessing.preprocess_for_train(
-            image_bytes, example_seeds, spec.image_size, spec.mean, spec.std)
-        return tf.cast(images, spec.dtype), labels
+        if spec.randaugment is None and spec.mixing is None:
+            example_seeds = tf.random.experimental.stateless_split(batch_seed, num=spec.batch_size)
+            images = preprocessing.preprocess_for_train(
+                image_bytes, example_seeds, spec.image_size, spec.mean, spec.std)
+            return tf.cast(images, spec.dtype), labels
+        # RandAugment and mixing work on the whole batch: it is normalised
+        # after them, not image by image.
+        crop_seed, randaugment_seed, mix_seed = tf.unstack(preprocessing.split_seed(batch_seed, 3))
+        example_seeds = tf.random.experimental.stateless_split(crop_seed, num=spec.batch_size)
+        images = preprocessing.crop_flip_resize_for_train(
+            image_bytes, example_seeds, spec.image_size)
+        return _finish_batch(images, labels, randaugment_seed, mix_seed, spec)
 
     return tf.data.Dataset.zip((ds, batch_seeds)).map(
         parse_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
@@ -253,19 +298,33 @@ def _cached_train_batches(
     ds = ds.shuffle(buffer, seed=seeds.shuffle).repeat().batch(
         spec.batch_size, drop_remainder=True)
 
-    # XLA fuses the crops' gathers and interpolation, the normalization and
-    # the cast into a few loops over the batch, where TF's kernels, op by op,
-    # would each make a copy of it.
-    @tf.function(jit_compile=True)
-    def augment_images(images, shapes, batch_seed: tf.Tensor):
-        images = cached_augment.random_crop_flip_rotate_batch(
-            images, shapes, batch_seed, spec.image_size
-        )
-        return tf.cast(preprocessing.normalize(images, spec.mean, spec.std), spec.dtype)
+    def crop(images, shapes, seed: tf.Tensor):
+        return cached_augment.random_crop_flip_rotate_batch(images, shapes, seed, spec.image_size)
+
+    compiled = functools.partial(tf.function, jit_compile=True)
+    if spec.randaugment is None and spec.mixing is None:
+        # XLA fuses the crops' gathers and interpolation, the normalization
+        # and the cast into a few loops over the batch, where TF's kernels, op
+        # by op, would each make a copy of it.
+        @compiled
+        def augment_images(images, shapes, labels, batch_seed: tf.Tensor):
+            return _finish_batch(crop(images, shapes, batch_seed), labels, None, None, spec)
+    else:
+        # The crops compiled apart: in one program, XLA ran 1.3 to 2 times
+        # slower (at 64 px), as if it recomputed crops that the next stage
+        # reads in another order (RandAugment's gathers, the reversed batch).
+        crop_compiled = compiled(crop)
+        finish_compiled = compiled(functools.partial(_finish_batch, spec=spec))
+
+        def augment_images(images, shapes, labels, batch_seed: tf.Tensor):
+            crop_seed, randaugment_seed, mix_seed = tf.unstack(
+                preprocessing.split_seed(batch_seed, 3))
+            images = crop_compiled(images, shapes, crop_seed)
+            return finish_compiled(images, labels, randaugment_seed, mix_seed)
 
     def augment(batch, batch_seed: tf.Tensor):
         images, shapes, labels = batch
-        return augment_images(images, shapes, batch_seed), labels
+        return augment_images(images, shapes, labels, batch_seed)
 
     return tf.data.Dataset.zip((ds, batch_seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -315,22 +374,6 @@ def _top_up_with_padding(ds: tf.data.Dataset, num_batches: int) -> tf.data.Datas
     return ds.concatenate(padding.repeat()).take(num_batches)
 
 
-def _eval_batches_per_pipeline(
-    shares: list[sharing.Share], shard_lengths: Sequence[int], batch_size: int,
-    replicas_per_pipeline: int,
-) -> int:
-    """Evaluation batches every input pipeline yields, padding included.
-
-    tf.distribute hands each replica whole batches and drops a last step
-    that cannot feed every replica: so every pipeline yields as many batches
-    as the one with the most examples, rounded up to a multiple of the
-    replicas it feeds. From exact record counts: an estimate that came out
-    low would silently drop examples.
-    """
-    most = math.ceil(max(share.num_records(shard_lengths) for share in shares) / batch_size)
-    return math.ceil(most / replicas_per_pipeline) * replicas_per_pipeline
-
-
 def _options(training: bool) -> tf.data.Options:
     options = tf.data.Options()
     # Training needs no fixed order: let parallel reads and maps hand over
@@ -345,22 +388,3 @@ def _options(training: bool) -> tf.data.Options:
     # Everything else stays at tf.data's defaults (autotuned parallelism and
     # prefetch, map+batch fusion).
     return options
-
-
-def find_corrupt_shards(data_dir: str, split: str) -> list[str]:
-    """Shards of `split` that fail to read, parse or decode, each with the reason.
-
-    A slow full read: for naming the culprit after the input pipeline failed,
-    since tf.data's own error does not say which file it was reading.
-    """
-    corrupt = []
-    for path in sorted(tf.io.gfile.glob(records.shard_pattern(data_dir, split))):
-        try:
-            for serialized in tf.data.TFRecordDataset(path):
-                # Every feature of the schema, not only those the pipeline reads.
-                features = tf.io.parse_single_example(serialized, records.FEATURE_SPEC)
-                preprocessing.decode_image(features["image/encoded"])
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-            reason = e.message.strip().splitlines()[0] if e.message.strip() else type(e).__name__
-            corrupt.append(f"{path} ({reason})")
-    return corrupt

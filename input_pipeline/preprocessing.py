@@ -9,6 +9,8 @@ Every random op here is stateless and takes its randomness as an explicit
 `seed` tensor of shape [2], so a function gives the same output for the same
 inputs whether it runs eagerly, in a `tf.function` or inside `tf.data`, and
 tests can compare those exactly. `dataset.py` gives each example its own seed.
+Ops that also run XLA-compiled draw with `stateless_uniform` and `split_seed`,
+which XLA reproduces: TF's own float draws come out different there.
 
 Images are uint8 until they are resized, float32 after; `normalize` maps them to
 zero mean and unit variance per channel with the data set's statistics, which
@@ -149,6 +151,36 @@ def random_flip_and_rotate(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.cond(flip_left_right, lambda: tf.reverse(image, [1]), lambda: image)
 
 
+def stateless_uniform(shape: Sequence[int] | tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """float32 uniform in [0, 1) that XLA draws exactly as TF does.
+
+    `tf.random.stateless_uniform`'s floats differ when compiled with XLA on
+    CPU, which makes its own floats of the random bits; its integers do not.
+    So this takes 24 bits of each integer, as many as a float32 holds exactly.
+
+    Args:
+      shape: of the output.
+      seed: int32/int64 [2].
+    """
+    bits = tf.random.stateless_uniform(
+        shape, _xla_safe(seed), dtype=tf.uint32, minval=None, maxval=None)
+    return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * 2.0**-24
+
+
+def split_seed(seed: tf.Tensor, num: int) -> tf.Tensor:
+    """int64 [num, 2]: `tf.random.experimental.stateless_split`, the same under XLA."""
+    return _xla_safe(tf.random.experimental.stateless_split(_xla_safe(seed), num))
+
+
+def _xla_safe(seed: tf.Tensor) -> tf.Tensor:
+    """The low 32 bits of each word of a seed.
+
+    XLA makes its own key of a seed with words outside 0..2^32 - 1, such as
+    `stateless_split`'s, so its draws from such seeds differ from TF's.
+    """
+    return tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), 0xFFFFFFFF)
+
+
 def normalize(images: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
     """Maps 0..255 pixels to (x / 255 - mean) / std, float32.
 
@@ -190,17 +222,37 @@ def preprocess_for_train(
     """
 
     def augment(args):
-        image_bytes, seed = args
-        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-        image = decode_and_random_crop(image_bytes, crop_seed)
-        # On the uint8 crop, before it becomes a larger float image.
-        image = random_flip_and_rotate(image, flip_seed)
-        # The bilinear resize reads float32 faster than uint8, enough to pay
-        # for the cast.
-        image = resize(tf.cast(image, tf.float32), image_size, antialias=False)
-        return normalize(image, mean, std)
+        return normalize(_crop_flip_resize(*args, image_size), mean, std)
 
     return _map_images(augment, (image_bytes, seeds), image_size)
+
+
+def crop_flip_resize_for_train(
+    image_bytes: tf.Tensor, seeds: tf.Tensor, image_size: int
+) -> tf.Tensor:
+    """`preprocess_for_train` without the normalisation: float32 0..255.
+
+    For ops that work on pixel values after the crops (RandAugment), which
+    then normalise the batch themselves.
+
+    Args:
+      image_bytes: string [n], JPEGs.
+      seeds: int32/int64 [n, 2], one stateless seed per image.
+      image_size: side of the output images.
+    """
+    return _map_images(lambda args: _crop_flip_resize(*args, image_size), (image_bytes, seeds),
+                       image_size)
+
+
+def _crop_flip_resize(image_bytes: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
+    """One JPEG -> random crop, flip and rotation, resized: float32 0..255."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    image = decode_and_random_crop(image_bytes, crop_seed)
+    # On the uint8 crop, before it becomes a larger float image.
+    image = random_flip_and_rotate(image, flip_seed)
+    # The bilinear resize reads float32 faster than uint8, enough to pay
+    # for the cast.
+    return resize(tf.cast(image, tf.float32), image_size, antialias=False)
 
 
 def preprocess_for_eval(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from typing import Sequence
 
 from absl import logging
@@ -89,3 +90,19 @@ def _check_every_pipeline_has_records(
                 f"{len(shares)} none to train on: convert more images or train on fewer "
                 "workers or hosts"
             )
+
+
+def eval_batches_per_pipeline(
+    shares: list[Share], shard_lengths: Sequence[int], batch_size: int,
+    replicas_per_pipeline: int,
+) -> int:
+    """Evaluation batches every input pipeline yields, padding included.
+
+    tf.distribute hands each replica whole batches and drops a last step
+    that cannot feed every replica: so every pipeline yields as many batches
+    as the one with the most examples, rounded up to a multiple of the
+    replicas it feeds. From exact record counts: an estimate that came out
+    low would silently drop examples.
+    """
+    most = math.ceil(max(share.num_records(shard_lengths) for share in shares) / batch_size)
+    return math.ceil(most / replicas_per_pipeline) * replicas_per_pipeline

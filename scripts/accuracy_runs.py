@@ -204,3 +204,13 @@ def folder_name(name: str) -> str:
 def cell(value: float | None, spec: str) -> str:
     """A table cell: `value` formatted, or '-' when there is none."""
     return "-" if value is None else format(value, spec)
+
+
+def text_table(rows: list[list[str]]) -> str:
+    """Rows of cells as aligned text: the first column left, the last (a note) as it is,
+    the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join([row[0].ljust(widths[0])]
+                  + [c.rjust(w) for c, w in zip(row[1:-1], widths[1:])] + [row[-1]]).rstrip()
+        for row in rows)

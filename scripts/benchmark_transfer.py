@@ -44,6 +44,7 @@ wall time scratch needs, or scratch never does within the budget (then the
 ratio is bounded by scratch's time to its last evaluation).
 
 Usage: python scripts/benchmark_transfer.py [--target=0.85] [--seeds=2]
+         [--contenders=fine-tune --contenders=lr ...]
          [--max_steps=1000] [--eval_every=25] [--freeze_epochs=50] [--stop_at_target]
          [--train_images_per_class=15] [--validation_images_per_class=45]
          [--source_images_per_class=100] [--source_steps=2000]
@@ -71,6 +72,7 @@ from accuracy_runs import (
     demo_flags,
     folder_name,
     run_to_target,
+    text_table,
     trainer_command,
 )
 
@@ -91,6 +93,7 @@ class Settings:
 
     target: float
     seeds: int
+    contenders: list[str]
     max_steps: int
     eval_every: int
     freeze_epochs: float
@@ -102,18 +105,24 @@ class Settings:
     work_dir: str
 
 
-def contenders(source_run_dir: str, freeze_epochs: float) -> dict[str, tuple[str, ...]]:
-    """Name -> trainer flags on top of the demo's, scratch first."""
+# --contenders' names for them, in the table's order.
+CONTENDERS = ("scratch", "fine-tune", "lr", "freeze", "lr+freeze")
+
+
+def contenders(source_run_dir: str, freeze_epochs: float,
+               chosen: Sequence[str] = CONTENDERS) -> dict[str, tuple[str, ...]]:
+    """Name -> trainer flags on top of the demo's, of the `chosen` ones, scratch first."""
     warm = (f"--init_checkpoint={source_run_dir}", "--init_checkpoint_modules=backbone")
     slow = ("--backbone_lr_multiplier=0.1",)
     frozen = (f"--freeze_backbone_epochs={freeze_epochs:g}",)
-    return {
-        SCRATCH: (),
-        FINE_TUNE: warm,
-        f"{FINE_TUNE} lr x0.1": warm + slow,
-        f"{FINE_TUNE} freeze {freeze_epochs:g} ep": warm + frozen,
-        f"{FINE_TUNE} lr x0.1 freeze {freeze_epochs:g} ep": warm + slow + frozen,
+    every = {
+        "scratch": (SCRATCH, ()),
+        "fine-tune": (FINE_TUNE, warm),
+        "lr": (f"{FINE_TUNE} lr x0.1", warm + slow),
+        "freeze": (f"{FINE_TUNE} freeze {freeze_epochs:g} ep", warm + frozen),
+        "lr+freeze": (f"{FINE_TUNE} lr x0.1 freeze {freeze_epochs:g} ep", warm + slow + frozen),
     }
+    return dict(every[key] for key in CONTENDERS if key in chosen)
 
 
 # --------------------------------------------------------------------------
@@ -254,11 +263,7 @@ def table(results: dict[str, list[Outcome]], target: float, max_steps: int) -> s
     header = ["contender", f"time to {target:g} (s)", "per seed (s)", "step", "accuracy",
               "best accuracy", "best per seed", "train images/s", "note"]
     rows = [header] + [_row(name, runs, max_steps) for name, runs in results.items()]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join([row[0].ljust(widths[0])]
-                  + [c.rjust(w) for c, w in zip(row[1:-1], widths[1:])] + [row[-1]]).rstrip()
-        for row in rows)
+    return text_table(rows)
 
 
 def ratio_lines(results: dict[str, list[Outcome]], target: float, max_steps: int) -> list[str]:
@@ -291,6 +296,8 @@ def ratio_lines(results: dict[str, list[Outcome]], target: float, max_steps: int
 def best_lines(results: dict[str, list[Outcome]], target: float) -> list[str]:
     """Which fine-tuning settings measured best: the fastest to target, the most accurate."""
     tuned = {name: runs for name, runs in results.items() if name != SCRATCH}
+    if not tuned:
+        return []
     fastest = min(tuned, key=lambda name: median_seconds(tuned[name]))
     accurate = max(tuned, key=lambda name: bench.median(
         tuned[name], lambda o: o.best.value if o.best else 0.0))
@@ -320,7 +327,8 @@ def report(settings: Settings, source: SourceRun, results: dict[str, list[Outcom
 
 def main(argv: Sequence[str]) -> None:
     del argv  # bench.parse_flags refused any
-    settings = bench.read_flags(Settings)
+    # Scratch is what every fine-tuning contender is measured against.
+    settings = bench.read_flags(Settings, contenders=["scratch", *flags.FLAGS.contenders])
     # Before any clock starts: no contender pays for generation, conversion or pretraining.
     source_records, target_records = prepare_data(settings)
     load_before = bench.load_average()
@@ -336,7 +344,8 @@ def main(argv: Sequence[str]) -> None:
     runs_dir = tempfile.mkdtemp(prefix="runs-", dir=settings.work_dir)
     print(f"runs (model dirs and logs) in {runs_dir}", flush=True)
     results = run_contenders(settings, target_records,
-                             contenders(source.model_dir, settings.freeze_epochs), runs_dir)
+                             contenders(source.model_dir, settings.freeze_epochs,
+                                        settings.contenders), runs_dir)
     print(f"\n{report(settings, source, results)}\n{bench.load_line(load_before)}")
     failed = sorted({o.name for runs in results.values() for o in runs if o.error is not None})
     if failed:
@@ -353,6 +362,9 @@ def define_flags() -> None:
                              "must be a validation accuracy in [0, 1]")
     flags.DEFINE_integer("seeds", 2, "Runs of each contender, with trainer seeds 0, 1, ...: "
                          "the table shows their median and each one.", lower_bound=1)
+    flags.DEFINE_multi_enum("contenders", list(CONTENDERS), CONTENDERS, "Contenders to run "
+                            "(repeat the flag for several): fine-tune, lr (x0.1 for the "
+                            "backbone), freeze (--freeze_epochs), lr+freeze; scratch always runs.")
     flags.DEFINE_integer("max_steps", 1000, "Step budget of every contender on the target set; "
                          "also the length of its learning-rate schedule.", lower_bound=1)
     flags.DEFINE_integer("eval_every", 25, "Evaluate every N steps: the resolution of the time "

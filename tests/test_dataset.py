@@ -25,7 +25,7 @@ import tensorflow as tf
 from PIL import Image
 
 from input_pipeline import dataset as dataset_lib
-from input_pipeline import records
+from input_pipeline import mixing, records
 from input_pipeline.dataset import create_dataset
 from tests.record_fixtures import RecordSet, write_records
 
@@ -140,6 +140,81 @@ def test_each_example_of_a_batch_gets_its_own_augmentation(tmp_path, cache_decod
                         training=True, seed=0, cache_decoded=cache_decoded)
     for images, _ in ds.take(2):
         assert len({image.tobytes() for image in images.numpy()}) >= 6
+
+
+def train_batches(rs: RecordSet, num_batches: int, **kwargs) -> list[tuple[np.ndarray, ...]]:
+    """The first training batches, in a fixed order (with one shard per split)."""
+    ds = create_dataset(rs.data_dir, records.TRAIN, batch_size=4, image_size=IMAGE_SIZE,
+                        training=True, seed=5, **kwargs)
+    options = tf.data.Options()
+    options.deterministic = True
+    return [tuple(x.numpy() for x in b) for b in ds.with_options(options).take(num_batches)]
+
+
+@pytest.mark.parametrize("cache_decoded", [False, True], ids=["fused_decode", "cached"])
+def test_randaugment_and_mixing_explicitly_off_is_the_default(few_shards, cache_decoded):
+    # With its batches the same as before RandAugment and mixing existed
+    # (checked once against the code before them).
+    rs = few_shards(1, 1)
+    default = train_batches(rs, 2, cache_decoded=cache_decoded)
+    explicit = train_batches(rs, 2, cache_decoded=cache_decoded, randaugment=None,
+                             mixing=mixing.MixOptions())  # mixes nothing
+    for (images, labels), (explicit_images, explicit_labels) in zip(default, explicit, strict=True):
+        np.testing.assert_array_equal(images, explicit_images)
+        np.testing.assert_array_equal(labels, explicit_labels)
+        assert labels.dtype == np.int32
+
+
+@pytest.mark.parametrize("cache_decoded", [False, True], ids=["fused_decode", "cached"])
+def test_randaugment_changes_colours_but_not_shapes_or_labels(tiny_records, cache_decoded):
+    ds = create_dataset(tiny_records.data_dir, records.TRAIN, batch_size=4, image_size=IMAGE_SIZE,
+                        training=True, seed=1, cache_decoded=cache_decoded, randaugment=(2, 9.0),
+                        dtype=tf.float16)
+    assert ds.element_spec == (tf.TensorSpec([4, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float16),
+                               tf.TensorSpec([4], tf.int32))
+    # The records are flat colours, which only RandAugment's colour ops
+    # change (`identify` finds every plain crop within 4 levels of one).
+    distances = []
+    for images, labels in ds.take(3):
+        assert np.isfinite(images.numpy()).all()
+        assert set(labels.numpy()) <= set(range(4))
+        colours = image_colours(tf.cast(images, tf.float32), tiny_records.mean, tiny_records.std)
+        for colour in colours:
+            example = tiny_records.nearest_example(records.TRAIN, colour)
+            distances.append(np.abs(np.subtract(example.colour, colour)).max())
+    assert max(distances) > 12, "RandAugment changed no colour"
+
+
+@pytest.mark.parametrize("cache_decoded", [False, True], ids=["fused_decode", "cached"])
+def test_mixing_yields_soft_targets_that_match_the_mixed_colours(tiny_records, cache_decoded):
+    ds = create_dataset(tiny_records.data_dir, records.TRAIN, batch_size=4, image_size=IMAGE_SIZE,
+                        training=True, seed=2, dtype=tf.bfloat16, cache_decoded=cache_decoded,
+                        mixing=mixing.MixOptions(1.0, 1.0))
+    assert ds.element_spec == (tf.TensorSpec([4, IMAGE_SIZE, IMAGE_SIZE, 3], tf.bfloat16),
+                               tf.TensorSpec([4, 4], tf.float32))
+    mixed_rows = 0
+    for images, targets in ds.take(3):
+        targets = targets.numpy()
+        np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+        assert ((targets > 0).sum(axis=1) <= 2).all()
+        mixed_rows += int((targets.max(axis=1) < 0.99).sum())
+        # Red is 30 + 60 * label and blue 220 - 60 * label (record_fixtures):
+        # mixup's blend and CutMix's pasted area weigh them as the targets do.
+        label = targets @ np.arange(4)
+        colours = image_colours(tf.cast(images, tf.float32), tiny_records.mean, tiny_records.std)
+        # bfloat16 keeps 8 bits: about 1% of a normalised value.
+        np.testing.assert_allclose(colours[:, 0], 30 + 60 * label, atol=6)
+        np.testing.assert_allclose(colours[:, 2], 220 - 60 * label, atol=6)
+    assert mixed_rows >= 4, "hardly any example was mixed"
+
+
+def test_evaluation_refuses_randaugment_and_mixing(tiny_records):
+    for augmentation in ({"randaugment": (2, 9.0)}, {"mixing": mixing.MixOptions(0.2)}):
+        with pytest.raises(ValueError, match="augment training batches only"):
+            eval_batches(tiny_records, batch_size=4, **augmentation)
+    # Mixing that never mixes changes nothing, there either.
+    _, labels = eval_batches(tiny_records, batch_size=4, mixing=mixing.MixOptions())[0]
+    assert labels.dtype == tf.int32 and labels.shape == (4,)
 
 
 def test_eval_covers_every_example_once_and_pads_with_minus_one(tiny_records):
@@ -399,10 +474,10 @@ def test_find_corrupt_shards_names_each_damaged_shard_and_why(tmp_path):
         writer.write(records.make_example(
             b"not a jpeg", height=8, width=8, filename="x.png", label=0,
             class_name=rs.class_names[0]).SerializeToString())
-    corrupt = dataset_lib.find_corrupt_shards(rs.data_dir, records.TRAIN)
+    corrupt = records.find_corrupt_shards(rs.data_dir, records.TRAIN)
     assert [entry.split(" (")[0] for entry in corrupt] == [shard[1], shard[3]]
     assert all(entry.endswith(")") and "\n" not in entry for entry in corrupt), corrupt
-    assert dataset_lib.find_corrupt_shards(rs.data_dir, records.VALIDATION) == []
+    assert records.find_corrupt_shards(rs.data_dir, records.VALIDATION) == []
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path):

@@ -83,7 +83,8 @@ def test_the_checked_flags_are_the_trainers() -> None:
 
 def test_every_config_is_there() -> None:
     assert CONFIGS == ["cpu_demo.cfg", "finetune_cpu.cfg", "finetune_gpu_1x.cfg", "gpu_1x.cfg",
-                       "gpu_8x.cfg", "gpu_multiworker.cfg", "tpu_v5e_8.cfg"]
+                       "gpu_1x_regularised.cfg", "gpu_8x.cfg", "gpu_multiworker.cfg",
+                       "tpu_v5e_8.cfg"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -112,9 +113,12 @@ def test_config_is_a_flagfile_of_trainer_flags(name: str) -> None:
         assert (fv.model, fv.image_size, fv.optimizer) == ("resnet50", 224, "sgd")
         tpu = name.startswith("tpu")
         assert fv.mixed_precision == ("mixed_bfloat16" if tpu else "mixed_float16")
-        replicas = {"gpu_1x.cfg": 1, "gpu_8x.cfg": 8, "gpu_multiworker.cfg": 8, "tpu_v5e_8.cfg": 8}
+        replicas = {"gpu_1x.cfg": 1, "gpu_1x_regularised.cfg": 1, "gpu_8x.cfg": 8,
+                    "gpu_multiworker.cfg": 8, "tpu_v5e_8.cfg": 8}
         assert fv.batch_size == 128 * replicas[name]
         assert fv.label_smoothing == 0.1 and fv.weight_decay == 1e-3
+        # The measured recipe (README "Regularisation"), only where the name says so.
+        assert fv.randaugment == ("2,9" if "regularised" in name else None)
 
 
 # ---- The documented commands run (as dry runs). ----

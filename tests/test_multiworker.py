@@ -21,15 +21,17 @@ import pytest
 from tests.events import read_events
 from tests.record_fixtures import write_records
 from tests.trainer_fixtures import (
-    REPO, assert_ok, checkpoint_steps, finish_all, free_ports, train, vertex_tf_config)
+    REGULARISED, REPO, assert_ok, checkpoint_steps, finish_all, free_ports, train,
+    vertex_tf_config)
 
 
 def test_two_workers_train_evaluate_and_checkpoint_like_one_process(tiny_records, tmp_path,
                                                                    start_trainers):
     model_dir = str(tmp_path / "model")
+    # With every regulariser: mixed batches per replica, a weight average per replica.
     chief, worker = start_trainers(tiny_records.data_dir, model_dir, "--train_steps=4",
                                    "--checkpoint_every=2", "--eval_every=2",
-                                   "--mode=train_and_eval", workers=2)
+                                   "--mode=train_and_eval", *REGULARISED, workers=2)
     assert [chief.finish(), worker.finish()] == [0, 0], chief.tail() + worker.tail()
     for process in (chief, worker):
         process.wait_for(r"CollectiveAllReduceStrategy with 2 replica\(s\)")
@@ -51,17 +53,21 @@ def test_two_workers_train_evaluate_and_checkpoint_like_one_process(tiny_records
     assert metrics["step"] == 4 and metrics["num_examples"] == 13
     evals = [p.wait_for(r"eval at step 4: .*").group(0) for p in (chief, worker)]
     assert evals[0] == evals[1] and "(13 examples)" in evals[0]
+    averaged = [p.wait_for(r"eval of the weight average at step 4: .*").group(0)
+                for p in (chief, worker)]
+    assert averaged[0] == averaged[1] and metrics["ema"]["num_examples"] == 13
 
     # One process evaluating the same checkpoint gets the same numbers.
     single_dir = str(tmp_path / "single")
     shutil.copytree(model_dir, single_dir)
     result = train(tiny_records.data_dir, single_dir, "--train_steps=4", "--mode=eval",
-                   "--strategy=default")
+                   "--strategy=default", *REGULARISED)
     assert_ok(result)
     single = json.load(open(os.path.join(single_dir, "metrics.json")))
     assert single["num_examples"] == 13 and single["step"] == 4
     assert single["accuracy"] == metrics["accuracy"]
     assert single["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+    assert single["ema"]["accuracy"] == metrics["ema"]["accuracy"]
 
 
 @pytest.mark.parametrize(

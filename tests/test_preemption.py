@@ -23,7 +23,7 @@ import tensorflow as tf
 from input_pipeline import records
 from tests.record_fixtures import write_records
 from tests.trainer_fixtures import (
-    REPO, assert_ok, assert_one_line_error, checkpoint_step,
+    REGULARISED, REPO, assert_ok, assert_one_line_error, checkpoint_step,
     checkpoint_steps, list_files, sigterm_kill_9_and_resume,
     train)
 
@@ -74,9 +74,14 @@ def test_sigterm_stops_a_running_compiled_loop_at_the_next_step():
 def test_two_workers_sigterm_loses_no_step_and_kill_9_at_most_the_last_interval(
         tiny_records, tmp_path, start_trainers):
     model_dir = str(tmp_path / "model")
+    # With every regulariser: the weight average and the mixing survive both stops.
     measured = sigterm_kill_9_and_resume(start_trainers, tiny_records.data_dir, model_dir,
-                                         workers=2, list_files=lambda: list_files(model_dir))
+                                         workers=2, list_files=lambda: list_files(model_dir),
+                                         extra_flags=tuple(REGULARISED))
     assert checkpoint_step(model_dir) == 150
+    # The average went on through both stops: one update per step, none restarted.
+    newest = tf.train.latest_checkpoint(model_dir)
+    assert tf.train.load_variable(newest, "ema/num_updates/.ATTRIBUTES/VARIABLE_VALUE") == 150
     assert os.path.exists(os.path.join(model_dir, "export", "saved_model.pb"))
     # The non-chief's scratch checkpoints are gone, even the killed one's.
     assert not [f for f in os.listdir(f"{model_dir}.tmp-1") if f.startswith("seedlings")]

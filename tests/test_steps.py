@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -16,7 +18,7 @@ from tests.events import read_events
 from trainer import periodic, reporting, steps, train
 from trainer.config import Paths, TrainConfig
 from trainer.state import Schedule, create_state
-from trainer.strategy import setup_runtime
+from trainer.strategy import Runtime, setup_runtime
 from trainer.summaries import Summaries
 
 TINY = dict(model="resnet18", width=8, image_size=32, batch_size=4, warmup_epochs=0,
@@ -140,3 +142,71 @@ def test_run_steps_counts_logs_and_stops_on_nan_naming_the_step(tiny_records, tm
     events = read_events(str(tmp_path / "train"))
     assert events["loss"] == [(4, 0.5)]
     assert events["images_per_second"] == [(4, pytest.approx(4 * 4 / 2.0))]
+
+
+def smoothed_cross_entropy(targets: np.ndarray, logits: np.ndarray, smoothing: float) -> np.ndarray:
+    """The numpy reference: -sum((t (1 - s) + s / C) log softmax(logits)) per example."""
+    smoothed = targets * (1 - smoothing) + smoothing / targets.shape[-1]
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -(smoothed * log_softmax).sum(-1)
+
+
+def test_soft_targets_are_smoothed_like_one_hot_labels():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 4)).astype(np.float32)
+    labels = np.array([0, 3, 1], np.int32)
+    one_hot = np.eye(4, dtype=np.float32)[labels]
+    mixed = 0.7 * one_hot + 0.3 * np.eye(4, dtype=np.float32)[[2, 0, 1]]
+    for targets in (one_hot, mixed):
+        np.testing.assert_allclose(steps.cross_entropy(tf.constant(targets), logits, 4, 0.1),
+                                   smoothed_cross_entropy(targets, logits, 0.1), rtol=1e-5)
+    np.testing.assert_allclose(steps.cross_entropy(tf.constant(labels), logits, 4, 0.1),
+                               smoothed_cross_entropy(one_hot, logits, 0.1), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"\[batch, num_classes\]"):
+        steps.cross_entropy(tf.constant(mixed[0]), logits[0], 4, 0.1)
+
+
+@pytest.mark.parametrize("soft", [True, False], ids=["soft_targets", "labels"])
+def test_train_step_scores_the_dominant_label_of_each_mixed_image(soft):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4)])
+    optimizer = keras.optimizers.SGD(0.0)  # Fixed weights: the predictions are known.
+    optimizer.build(model.trainable_variables)
+    features = np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32)
+    logits = model(features).numpy()
+    predicted = logits.argmax(-1)
+    other = (predicted + 1) % 4
+    # The first 6 images are mostly of the predicted class, the last 2 mostly of another.
+    dominant = np.where(np.arange(8) < 6, predicted, other)
+    second = np.where(np.arange(8) < 6, other, predicted)
+    one_hot = np.eye(4, dtype=np.float32)
+    targets = 0.6 * one_hot[dominant] + 0.4 * one_hot[second]
+    labels = targets if soft else dominant.astype(np.int32)
+    loop = steps.make_train_loop(Runtime(tf.distribute.get_strategy(), "cpu", "float32", False),
+                                 model, optimizer, global_batch_size=8, num_classes=4,
+                                 label_smoothing=0.1)
+    result = loop(iter(tf.data.Dataset.from_tensor_slices((features, labels)).batch(8).repeat()),
+                  tf.constant(1))
+    assert float(result.accuracy) == 0.75  # Not 0.25: the second label does not count.
+    reference = targets if soft else one_hot[dominant]
+    assert float(result.loss) == pytest.approx(
+        smoothed_cross_entropy(reference, logits, 0.1).mean(), rel=1e-5)
+
+
+def test_training_on_mixed_batches_says_how_its_accuracy_is_measured(tiny_records, tmp_path,
+                                                                    monkeypatch):
+    said, log = [], reporting.logging.info
+
+    def log_and_keep(message, *args, **kwargs):
+        said.append(str(message) % args if args else str(message))
+        log(message, *args, **kwargs)
+
+    # Not caplog: absl's own handler, once another test installed it, bypasses it.
+    monkeypatch.setattr(reporting.logging, "info", log_and_keep)
+    model_dir = str(tmp_path / "model")
+    train.run(tiny_config(tiny_records.data_dir, model_dir, mode="train", train_steps=2,
+                          steps_per_loop=2, mixup=0.4, cutmix=1.0, mix_prob=0.5))
+    about_accuracy = [line for line in said if "dominant label" in line]
+    assert len(about_accuracy) == 1 and "mixing 0.5 of training batches" in about_accuracy[0]
+    losses = read_events(os.path.join(model_dir, "train"))["loss"]
+    assert [step for step, _ in losses] == [2] and np.isfinite(losses[0][1])

@@ -8,32 +8,22 @@ table, never how fast anything was.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 import subprocess
-import sys
 
 import pytest
 
 from launch.trainer_args import trainer_flag_values
+from tests.benchmark_scripts import load_script, run_script
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, "scripts", "benchmark_time_to_accuracy.py")
+import accuracy_runs  # After tests.benchmark_scripts, which puts scripts/ on sys.path.
 SHORT = ["--images_per_class=2", "--eval_every=10"]
 FLAGS = ("--target", "--variants", "--eval_every", "--max_steps", "--cache_dir", "--work_dir",
          "--images_per_class")
 
-# As `python scripts/benchmark_time_to_accuracy.py` has it: `import bench` finds scripts/.
-if os.path.dirname(SCRIPT) not in sys.path:
-    sys.path.insert(0, os.path.dirname(SCRIPT))
-import accuracy_runs  # After the line above: it lives in scripts/.
-
 
 def run_benchmark(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "GCE_METADATA_IP": "127.0.0.1:9"}
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_script("benchmark_time_to_accuracy", *args, timeout=timeout)
 
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:
@@ -55,11 +45,7 @@ def cache_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("benchmark_time_to_accuracy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_time_to_accuracy")
 
 
 def test_reached_target_gives_time_step_and_accuracy_per_variant(cache_dir, tmp_path):

@@ -22,7 +22,7 @@ import tensorflow as tf
 from tests.events import read_events
 from tests.record_fixtures import write_records
 from tests.trainer_fixtures import (
-    REPO, TINY, assert_ok, assert_one_line_error, checkpoint_step, run_module, train)
+    REGULARISED, REPO, TINY, assert_ok, assert_one_line_error, checkpoint_step, run_module, train)
 
 @pytest.fixture(scope="module")
 def trained(tiny_records, tmp_path_factory):
@@ -189,21 +189,35 @@ def test_nan_loss_stops_with_step_and_no_checkpoint(tiny_records, tmp_path):
     assert tf.train.latest_checkpoint(str(tmp_path)) is None
 
 
-@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_trains(tiny_records, tmp_path, precision):
+@pytest.mark.parametrize("precision, extra", [("mixed_float16", []),
+                                               ("mixed_bfloat16", REGULARISED)])
+def test_mixed_precision_trains(tiny_records, tmp_path, precision, extra):
     result = train(tiny_records.data_dir, str(tmp_path), "--train_steps=2", "--mode=train",
-                   f"--mixed_precision={precision}")
+                   f"--mixed_precision={precision}", *extra)
     assert_ok(result)
     assert f"precision {precision}" in result.stderr
     losses = read_events(os.path.join(tmp_path, "train"))["loss"]
     assert np.isfinite(losses[-1][1])
+    if extra:  # The weight average stays float32 under a 16-bit policy.
+        _assert_averaged_checkpoint(str(tmp_path))
+
+
+def _assert_averaged_checkpoint(model_dir: str) -> None:
+    """The newest checkpoint holds a float32 weight average that has moved off the raw weights."""
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+    averages = {name: dtype for name, dtype in reader.get_variable_to_dtype_map().items()
+                if name.startswith("ema/averages/")}
+    assert averages and set(averages.values()) == {tf.float32}, averages
+    assert int(reader.get_tensor("ema/num_updates/.ATTRIBUTES/VARIABLE_VALUE")) > 0
 
 
 def test_cache_decoded_trains_from_memory_across_epochs(tiny_records, tmp_path, trained):
     # 6 steps of 4 = 24 examples: past the 18-example epoch the cache replays.
     result = train(tiny_records.data_dir, str(tmp_path), "--train_steps=6", "--mode=train",
-                   "--cache_decoded", "--strategy=mirrored", "--cpu_devices=2")
+                   "--cache_decoded", "--strategy=mirrored", "--cpu_devices=2", *REGULARISED)
     assert_ok(result)
+    assert "dominant label" in result.stderr  # mixed batches: how accuracy is counted
+    _assert_averaged_checkpoint(str(tmp_path))
     # --image_size=32: cached at twice the side.
     assert "caching 18 decoded training images at 64 px" in result.stderr
     assert checkpoint_step(str(tmp_path)) == 6
@@ -214,20 +228,24 @@ def test_cache_decoded_trains_from_memory_across_epochs(tiny_records, tmp_path, 
 
 
 def test_xla_on_default_strategy(tiny_records, tmp_path):
+    # With the regularisers: the average's update is compiled into the step.
     result = train(tiny_records.data_dir, str(tmp_path), "--train_steps=2", "--mode=train",
-                   "--jit_compile=true", "--strategy=default")
+                   "--jit_compile=true", "--strategy=default", *REGULARISED)
     assert_ok(result)
     assert "XLA on" in result.stderr
     assert checkpoint_step(str(tmp_path)) == 2
+    _assert_averaged_checkpoint(str(tmp_path))
 
 
 def test_mirrored_over_logical_cpus_end_to_end(tiny_records, tmp_path):
     result = train(tiny_records.data_dir, str(tmp_path), "--train_steps=2",
-                   "--strategy=mirrored", "--cpu_devices=2", "--mode=train_and_eval")
+                   "--strategy=mirrored", "--cpu_devices=2", "--mode=train_and_eval",
+                   *REGULARISED)
     assert_ok(result)
     assert "MirroredStrategy with 2 replica(s)" in result.stderr
     metrics = json.load(open(os.path.join(tmp_path, "metrics.json")))
-    assert metrics["num_examples"] == 13
+    assert metrics["num_examples"] == 13 and metrics["ema"]["num_examples"] == 13
+    assert "eval of the weight average at step 2" in result.stderr
 
 
 MIRRORED_VS_DEFAULT = r"""
@@ -319,6 +337,13 @@ def test_vertex_aip_folders_used_without_model_dir(tiny_records, tmp_path):
     (["--init_checkpoint_modules=backbone"], ["--init_checkpoint_modules needs --init_checkpoint"]),
     (["--backbone_lr_multiplier=-1"], ["--backbone_lr_multiplier", "[0, 10]"]),
     (["--freeze_backbone_epochs=nan"], ["--freeze_backbone_epochs", "finite"]),
+    (["--randaugment=2"], ["--randaugment='2'", "'N,M'"]),
+    (["--randaugment=0,5"], ["--randaugment='0,5'", "1 <= N <= 10"]),
+    (["--randaugment=2,nan"], ["--randaugment='2,nan'", "0 <= M <= 10"]),
+    (["--mixup=-0.1"], ["--mixup", "[0, 10]"]),
+    (["--cutmix=inf"], ["--cutmix"]),
+    (["--mix_prob=0.5"], ["--mix_prob needs --mixup or --cutmix"]),
+    (["--ema_decay=1"], ["--ema_decay", "0.999999"]),
 ])
 def test_bad_flags_give_one_line_errors(tiny_records, tmp_path, args, words):
     result = train(tiny_records.data_dir, str(tmp_path / "model"), *args)
@@ -430,7 +455,8 @@ def test_help_documents_every_flag():
                  "learning_rate", "warmup_epochs", "weight_decay", "label_smoothing",
                  "zero_init_residual", "mixed_precision", "jit_compile", "seed", "mode",
                  "profile_steps", "init_checkpoint", "init_checkpoint_modules", "pretrained",
-                 "backbone_lr_multiplier", "freeze_backbone_epochs"):
+                 "backbone_lr_multiplier", "freeze_backbone_epochs", "randaugment", "mixup",
+                 "cutmix", "mix_prob", "ema_decay"):
         # absl shows boolean flags as --[no]name.
         assert f"--{name}:" in result.stdout or f"--[no]{name}:" in result.stdout, name
 

@@ -24,6 +24,9 @@ import tensorflow as tf
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model=resnet18", "--width=8", "--image_size=32", "--batch_size=4",
         "--steps_per_loop=2", "--warmup_epochs=0", "--learning_rate=0.05", "--label_smoothing=0.1"]
+# Every regulariser at once: the strategy, precision, XLA and preemption tests
+# run with them, so each combination is covered by one run, not two.
+REGULARISED = ["--randaugment=2,9", "--mixup=0.2", "--cutmix=1.0", "--ema_decay=0.9"]
 
 
 def run_module(module: str, *args: str, env: dict[str, str] | None = None,
@@ -220,7 +223,8 @@ def last_logged_step(process: TrainerProcess) -> int:
 
 def sigterm_kill_9_and_resume(start, data_dir: str, model_dir: str, *, workers: int,
                               list_files: Callable[[], list[str]],
-                              env: dict[str, str] | None = None, mode: str = "train") -> str:
+                              env: dict[str, str] | None = None, mode: str = "train",
+                              extra_flags: tuple[str, ...] = ()) -> str:
     """SIGTERM, rerun, kill -9, rerun: the same command each time, as a scheduler retries it.
 
     With several workers the signals go to the last one only, as when one VM
@@ -231,7 +235,8 @@ def sigterm_kill_9_and_resume(start, data_dir: str, model_dir: str, *, workers: 
         return sorted(int(m.group(1)) for f in list_files()
                       if (m := re.fullmatch(r"ckpt-(\d+)\.index", f)))
 
-    command = ["--train_steps=150", "--steps_per_loop=50", "--checkpoint_every=50", f"--mode={mode}"]
+    command = ["--train_steps=150", "--steps_per_loop=50", "--checkpoint_every=50", f"--mode={mode}",
+               *extra_flags]
     # Seeded, so a failure replays with the same timing; printed, so its report has them.
     seed = int(os.environ.get("SEEDLINGS_TEST_SEED", "0"))
     rng = random.Random(seed)

@@ -17,7 +17,7 @@ import os
 import posixpath
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 from absl import logging
 import tensorflow as tf
@@ -31,21 +31,31 @@ class Checkpoints:
 
     `path` and `saved_step` are the newest checkpoint restored or saved (None
     and -1: none yet). They are the same on every worker, which must all save
-    at the same steps.
+    at the same steps. `restored` names the parts that checkpoint held.
     """
 
-    def __init__(self, checkpoint: tf.train.Checkpoint, directory: str, *,
-                 step_counter: tf.Variable, max_to_keep: int):
-        """Args: directory: where this process saves (see `save_dir`); nothing saved yet."""
+    def __init__(self, parts: Mapping[str, Any], directory: str, *, step_counter: tf.Variable,
+                 max_to_keep: int, optional: Collection[str] = ()):
+        """Nothing saved yet.
+
+        Args:
+          parts: what each checkpoint holds, by name: the first component of
+            its keys (`model/...`).
+          directory: where this process saves (see `save_dir`).
+          optional: parts that a checkpoint of an older run may lack (the
+            weight average of --ema_decay): it restores without them.
+        """
         _remove_interrupted_writes(directory)
-        self._checkpoint, self._step_counter = checkpoint, step_counter
+        self._parts, self._optional = dict(parts), frozenset(optional)
+        self._checkpoint, self._step_counter = tf.train.Checkpoint(**parts), step_counter
         self._manager = tf.train.CheckpointManager(
-            checkpoint, directory, max_to_keep=max_to_keep, step_counter=step_counter)
+            self._checkpoint, directory, max_to_keep=max_to_keep, step_counter=step_counter)
         # Created now, not at the first save, so that a restore matches every
         # saved value and leaves TF nothing to warn about at exit.
-        _ = checkpoint.save_counter
+        _ = self._checkpoint.save_counter
         self.path: str | None = None
         self.saved_step = -1
+        self.restored: frozenset[str] = frozenset()
 
     def restore_newest(self, directory: str) -> str | None:
         """Restores the newest checkpoint in `directory` that reads back whole (see `restore_newest`).
@@ -53,11 +63,33 @@ class Checkpoints:
         Every worker restores the chief's checkpoints, though only the chief
         saves into that folder.
         """
-        restored = restore_newest(self._checkpoint, directory)
+        restored = restore_newest(self._restore, directory)
         if restored:
             self.path, self.saved_step = restored, int(self._step_counter.numpy())
-            logging.info("restored %s at step %d", restored, self.saved_step)
+            held = saved_parts(restored)
+            self.restored = held & self._parts.keys()
+            missing = sorted(self._parts.keys() - held)
+            logging.info("restored %s at step %d%s", restored, self.saved_step,
+                         f" (saved without {', '.join(missing)})" if missing else "")
+            if unused := sorted(held - self._parts.keys() - {"save_counter"}):
+                logging.info("%s also holds %s, which this run does not use", restored,
+                             ", ".join(unused))
         return restored
+
+    def _restore(self, path: str) -> None:
+        """Restores `path` into every part, or every part but the optional ones it lacks."""
+        held = saved_parts(path)
+        parts = {name: part for name, part in self._parts.items()
+                 if name in held or name not in self._optional}
+        checkpoint = (self._checkpoint if parts.keys() == self._parts.keys()
+                      else tf.train.Checkpoint(**parts))
+        status = checkpoint.restore(path).assert_existing_objects_matched()
+        if checkpoint is not self._checkpoint:
+            self._checkpoint.save_counter.assign(checkpoint.save_counter)
+        if held - parts.keys() - {"save_counter"}:
+            # A part this run does not use (an average, with --ema_decay now
+            # off) stays unread, as it should: no warning about it at exit.
+            status.expect_partial()
 
     def save(self, step: int) -> None:
         """Saves `step` once; a second call for the same step does nothing.
@@ -105,13 +137,16 @@ def save_dir(runtime: Runtime, checkpoint_dir: str) -> Iterator[str]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def restore_newest(checkpoint: tf.train.Checkpoint, directory: str) -> str | None:
+def restore_newest(restore: Callable[[str], None], directory: str) -> str | None:
     """Restores the newest checkpoint in `directory` that reads back whole.
 
     Every `ckpt-N.index` is a candidate, newest first, whatever the
     `checkpoint` file says: that file may itself be lost, or lag one save
     behind a kill. A damaged candidate (a truncated file fails its CRC, a
     missing one fails to open) is skipped with a warning.
+
+    Args:
+      restore: restores one candidate path; raises if it does not read back.
 
     Raises:
       RuntimeError: checkpoints exist but none restores (e.g. they are of
@@ -120,7 +155,7 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str) -> str | Non
     candidates = newest_first(directory)
     for path in candidates:
         try:
-            checkpoint.restore(path).assert_existing_objects_matched()
+            restore(path)
             return path
         except Exception as e:  # pylint: disable=broad-except
             # Damage shows as OpErrors, IndexError ("read less bytes than
@@ -133,6 +168,12 @@ def restore_newest(checkpoint: tf.train.Checkpoint, directory: str) -> str | Non
             f"(newest: {candidates[0]}); check --model and --width, or use a new --model_dir"
         )
     return None
+
+
+def saved_parts(path: str) -> frozenset[str]:
+    """The parts a checkpoint holds: `model`, `optimizer`, `step`, `ema`, ..., `save_counter`."""
+    return frozenset(key.split("/", 1)[0] for key, _ in tf.train.list_variables(path)
+                     if "/" in key)
 
 
 def newest_first(directory: str) -> list[str]:

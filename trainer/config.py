@@ -161,6 +161,22 @@ class TrainConfig:
         "(2 x image_size)^2 bytes per image: 130 MB for the CPU demo), augmenting whole "
         "batches from there, with a fraction of the input CPU per image. For data sets that "
         "fit in memory.")
+    # Regularisation.
+    randaugment: tuple[int, float] | None = None  # --randaugment, parsed
+    mixup: float = _option(
+        0.0, "mixup: blend pairs of training images and their labels with a weight drawn from "
+        "Beta(ALPHA, ALPHA); 0: off (0.2 to 0.4 is usual).", lower=0, upper=10)
+    cutmix: float = _option(
+        0.0, "CutMix: paste a box of one training image into another, labels weighted by "
+        "area, the area drawn from Beta(ALPHA, ALPHA); 0: off (1.0 is usual). With --mixup "
+        "too, each mixed batch uses one of the two, at even odds.", lower=0, upper=10)
+    mix_prob: float = _option(
+        1.0, "Fraction of training batches that --mixup / --cutmix mix.", lower=0, upper=1)
+    ema_decay: float = _option(
+        0.0, "Keep an exponential moving average of the weights and batch-norm statistics "
+        "with this decay per step (e.g. 0.9998), warmed up as min(D, (1 + step) / (10 + "
+        "step)); evaluated beside the raw weights (eval/ema/*) and exported. 0: off.",
+        lower=0, upper=0.999999)
     zero_init_residual: bool = _option(
         True, "Start each residual block's last BN gamma at zero (helps large batches).")
     mixed_precision: str = _option(
@@ -213,6 +229,34 @@ def parse_profile_steps(value: str | None) -> tuple[int, int] | None:
     return first, last
 
 
+RANDAUGMENT_MAX_OPS = 10
+RANDAUGMENT_MAX_MAGNITUDE = 10.0
+
+
+def parse_randaugment(value: str | None) -> tuple[int, float] | None:
+    """'N,M' -> (N, M); None or '' -> None (off)."""
+    if not value:
+        return None
+    try:
+        num_ops, magnitude = value.split(",")
+        parsed = int(num_ops), float(magnitude)
+    except ValueError:
+        raise ValueError(f"--randaugment={value!r} must be 'N,M', e.g. '2,9'") from None
+    if not (1 <= parsed[0] <= RANDAUGMENT_MAX_OPS
+            and 0 <= parsed[1] <= RANDAUGMENT_MAX_MAGNITUDE):  # False for NaN too
+        raise ValueError(f"--randaugment={value!r} needs 1 <= N <= {RANDAUGMENT_MAX_OPS} "
+                         f"operations and a magnitude 0 <= M <= {RANDAUGMENT_MAX_MAGNITUDE:g}")
+    return parsed
+
+
+def _valid_randaugment(value: str | None) -> bool:
+    try:
+        parse_randaugment(value)
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from None
+    return True
+
+
 def _valid_profile_steps(value: str | None) -> bool:
     try:
         parse_profile_steps(value)
@@ -241,6 +285,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "profile_steps", None,
         "'FIRST,LAST': record a TensorBoard profiler trace of those training steps.", **kwargs)
     flags.register_validator("profile_steps", _valid_profile_steps, **kwargs)
+    flags.DEFINE_string(
+        "randaugment", None, "'N,M': RandAugment on training images, N operations per image "
+        f"(1 to {RANDAUGMENT_MAX_OPS}) at magnitude M (0 to {RANDAUGMENT_MAX_MAGNITUDE:g}), "
+        "from an operation set for plants photographed from above (see "
+        "input_pipeline/randaugment.py); e.g. '2,9'. Unset: off.", **kwargs)
+    flags.register_validator("randaugment", _valid_randaugment, **kwargs)
     for field in TrainConfig.options():
         _define(field, flag_values)
 
@@ -253,8 +303,11 @@ def from_flags(flag_values: flags.FlagValues, *, data_dir: str, paths: Paths) ->
         raise ValueError("pass --init_checkpoint or --pretrained, not both")
     if flag_values.init_checkpoint_modules and not flag_values.init_checkpoint:
         raise ValueError("--init_checkpoint_modules needs --init_checkpoint")
+    if flag_values.mix_prob != 1.0 and not (flag_values.mixup or flag_values.cutmix):
+        raise ValueError("--mix_prob needs --mixup or --cutmix")
     return TrainConfig(
         data_dir=data_dir, paths=paths,
         profile_steps=parse_profile_steps(flag_values.profile_steps),
+        randaugment=parse_randaugment(flag_values.randaugment),
         **{f.name: flag_values[f.name].value for f in TrainConfig.options()},
     )

@@ -8,6 +8,8 @@ import tensorflow as tf
 
 from input_pipeline import preprocessing
 from input_pipeline import records
+from trainer import checkpoints
+from trainer import ema
 from trainer import models
 
 
@@ -36,20 +38,23 @@ class _Serving(tf.Module):
 
 
 def export_saved_model(checkpoint_path: str, export_dir: str, *, model_name: str, width: int,
-                       image_size: int, info: records.DatasetInfo) -> str:
+                       image_size: int, info: records.DatasetInfo, averaged: bool = False) -> str:
     """Rebuilds the model in float32 outside any strategy, restores it, and saves.
 
     Rebuilding (rather than saving the training model) gives one path for
     every strategy, TPU included, and float32 serving whatever the training
     precision. The SavedModel is written to a temporary folder and renamed, so
     `export_dir` never holds a half-written model.
+
+    Args:
+      averaged: serve the checkpoint's weight average (--ema_decay) rather
+        than its weights, if it holds one.
     """
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
         model = models.create_model(model_name, info.num_classes, width=width)
-        status = tf.train.Checkpoint(model=model).restore(checkpoint_path)
-        status.assert_existing_objects_matched().expect_partial()
+        averaged = _restore(model, checkpoint_path, averaged)
         module = _Serving(model, info, image_size)
         tmp, old = export_dir.rstrip("/") + ".tmp", export_dir.rstrip("/") + ".old"
         if tf.io.gfile.exists(old) and not tf.io.gfile.exists(export_dir):
@@ -67,5 +72,23 @@ def export_saved_model(checkpoint_path: str, export_dir: str, *, model_name: str
             tf.io.gfile.rmtree(old)
     finally:
         keras.mixed_precision.set_global_policy(policy)
-    logging.info("exported %s to %s", checkpoint_path, export_dir)
+    logging.info("exported %s%s to %s", checkpoint_path,
+                 " (its weight average)" if averaged else "", export_dir)
     return export_dir
+
+
+def _restore(model: keras.Model, checkpoint_path: str, averaged: bool) -> bool:
+    """Restores the model's weights, or with `averaged` their average; returns which it did."""
+    if averaged and ema.CHECKPOINT_KEY not in checkpoints.saved_parts(checkpoint_path):
+        logging.warning("%s holds no weight average (saved without --ema_decay): exporting its "
+                        "weights", checkpoint_path)
+        averaged = False
+    parts = {"model": model}
+    if averaged:
+        average = ema.WeightAverage(model, decay=0.0)  # Only read: no updates.
+        parts[ema.CHECKPOINT_KEY] = average.trackable
+    status = tf.train.Checkpoint(**parts).restore(checkpoint_path)
+    status.assert_existing_objects_matched().expect_partial()
+    if averaged:
+        average.copy_to_weights()
+    return averaged

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from absl import logging
 import keras
 import tensorflow as tf
 
 from input_pipeline import records
 from trainer import checkpoints
+from trainer import ema
 from trainer import models
 from trainer import optimizers
 from trainer.config import TrainConfig
@@ -54,11 +56,28 @@ class State:
     optimizer: keras.optimizers.Optimizer
     step: tf.Variable
     checkpoints: checkpoints.Checkpoints
+    average: ema.WeightAverage | None = None  # --ema_decay
+
+    def start_average(self) -> None:
+        """Starts the weight average from the weights, unless the checkpoint restored it.
+
+        Called after any warm start (`warm_start.start`), so that the average
+        of a fine-tuning run starts from the weights it fine-tunes.
+        """
+        if self.average is None or ema.CHECKPOINT_KEY in self.checkpoints.restored:
+            return
+        if self.checkpoints.path:
+            logging.info("%s holds no weight average (saved without --ema_decay): the average "
+                         "starts from its weights, at step %d", self.checkpoints.path,
+                         self.checkpoints.saved_step)
+        self.average.start_from_weights()
 
 
 def create_state(config: TrainConfig, runtime: Runtime, info: records.DatasetInfo,
                  schedule: Schedule, checkpoint_dir: str, restore_dir: str | None = None) -> State:
     """Builds model, optimizer and step under the strategy and restores the newest checkpoint.
+
+    With --ema_decay, the weight average too; `State.start_average` starts it.
 
     Args:
       checkpoint_dir: where this process saves.
@@ -84,8 +103,13 @@ def create_state(config: TrainConfig, runtime: Runtime, info: records.DatasetInf
         # Keras would try to create them inside the tf.function.
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
-    saved = checkpoints.Checkpoints(checkpoint, checkpoint_dir, step_counter=step,
-                                    max_to_keep=config.keep_checkpoints)
+        # None with --ema_decay=0: no variables, so checkpoints and steps stay as they were.
+        average = ema.WeightAverage(model, config.ema_decay) if config.ema_decay else None
+    parts = {"model": model, "optimizer": optimizer, "step": step}
+    if average is not None:
+        parts[ema.CHECKPOINT_KEY] = average.trackable
+    saved = checkpoints.Checkpoints(parts, checkpoint_dir, step_counter=step,
+                                    max_to_keep=config.keep_checkpoints,
+                                    optional=[ema.CHECKPOINT_KEY])
     saved.restore_newest(restore_dir or checkpoint_dir)
-    return State(model, optimizer, step, saved)
+    return State(model, optimizer, step, saved, average)

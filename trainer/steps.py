@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from trainer import ema
 from trainer import metrics
 from trainer import models
 from trainer.strategy import Runtime
@@ -28,24 +29,55 @@ class LoopResult(NamedTuple):
     preempted: tf.Tensor  # SIGTERM on any worker: stop and save.
 
 
+def _is_soft(labels: tf.Tensor) -> bool:
+    """Whether `labels` are soft targets [batch, classes] (mixed images), not class ids [batch].
+
+    Told by the dtype when the step is traced: each kind gets its own graph.
+    """
+    if not labels.dtype.is_floating:
+        return False
+    if labels.shape.rank != 2:
+        raise ValueError(
+            f"soft targets must be [batch, num_classes] floats, got shape {labels.shape}")
+    return True
+
+
 def cross_entropy(labels: tf.Tensor, logits: tf.Tensor, num_classes: int, smoothing: float) -> tf.Tensor:
-    """Per-example softmax cross-entropy with label smoothing, in float32."""
-    one_hot = tf.one_hot(labels, num_classes, dtype=tf.float32)
-    targets = one_hot * (1.0 - smoothing) + smoothing / num_classes
+    """Per-example softmax cross-entropy with label smoothing, in float32.
+
+    Args:
+      labels: int class ids [batch], or float soft targets [batch, num_classes]
+        whose rows sum to 1 (mixed images). Both are smoothed alike.
+    """
+    if _is_soft(labels):
+        targets = tf.cast(labels, tf.float32)
+    else:
+        targets = tf.one_hot(labels, num_classes, dtype=tf.float32)
+    targets = targets * (1.0 - smoothing) + smoothing / num_classes
     return tf.nn.softmax_cross_entropy_with_logits(targets, tf.cast(logits, tf.float32))
+
+
+def _dominant_labels(labels: tf.Tensor) -> tf.Tensor:
+    """Class ids [batch]: `labels` themselves, or each soft target's largest class."""
+    return tf.argmax(labels, axis=-1, output_type=tf.int32) if _is_soft(labels) else labels
 
 
 def make_train_loop(runtime: Runtime, model: keras.Model, optimizer: keras.optimizers.Optimizer, *,
                     global_batch_size: int, num_classes: int, label_smoothing: float,
                     stop_requested: Callable[[], tf.Tensor] = lambda: tf.constant(False),
-                    frozen_backbone: bool = False) -> Callable[[Any, tf.Tensor], LoopResult]:
+                    frozen_backbone: bool = False, average: ema.WeightAverage | None = None,
+                    ) -> Callable[[Any, tf.Tensor], LoopResult]:
     """Returns `train_loop(iterator, num_steps) -> LoopResult`.
+
+    The iterator yields (images, labels): int class ids, or soft targets of
+    mixed images, whose training accuracy counts their dominant class.
 
     `stop_requested` runs after every step, inside the compiled loop (see
     `preemption.make_stop_check`); when it turns true the loop returns early.
     With `frozen_backbone` only the head trains, and the backbone's batch
     norm runs in inference mode, so its statistics stay those it was
     trained with (the head has no layer that `training` changes).
+    `average` (--ema_decay) is updated after every optimizer step.
     """
     strategy = runtime.strategy
     scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
@@ -61,8 +93,10 @@ def make_train_loop(runtime: Runtime, model: keras.Model, optimizer: keras.optim
             scaled_loss = optimizer.scale_loss(loss) if scales_loss else loss
         grads = tape.gradient(scaled_loss, trained)
         optimizer.apply(grads, trained)
+        if average is not None:
+            average.update()
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
+        correct = tf.reduce_sum(tf.cast(tf.equal(predictions, _dominant_labels(labels)), tf.float32))
         return loss, correct
 
     if runtime.jit_compile:
@@ -90,7 +124,8 @@ def make_train_loop(runtime: Runtime, model: keras.Model, optimizer: keras.optim
     return train_loop
 
 
-def make_sync_statistics(runtime: Runtime, model: keras.Model) -> Callable[[], None]:
+def make_sync_statistics(runtime: Runtime, model: keras.Model,
+                         average: ema.WeightAverage | None = None) -> Callable[[], None]:
     """Returns `sync()`, which sets every replica's batch-norm statistics to their mean.
 
     Keras makes the moving mean and variance mirrored variables that each
@@ -98,18 +133,21 @@ def make_sync_statistics(runtime: Runtime, model: keras.Model) -> Callable[[], N
     a checkpoint would keep the chief's first replica's statistics, and each
     replica would evaluate with its own. Averaging them before every save
     and evaluation (one batched all-reduce) makes both use all the data.
+    The `average`'s averages of them drift the same way, and sync with them.
     """
     strategy, statistics = runtime.strategy, model.non_trainable_variables
+    if average is not None:
+        statistics = [*statistics, *average.averages_of(statistics)]
     if runtime.num_replicas == 1 or not statistics:
         return lambda: None
 
-    def average():
+    def mean_of_replicas():
         means = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in statistics])
+            tf.distribute.ReduceOp.MEAN, [tf.identity(v) for v in statistics])
         for variable, mean in zip(statistics, means):
             variable.assign(mean)
 
-    return tf.function(lambda: strategy.run(average))
+    return tf.function(lambda: strategy.run(mean_of_replicas))
 
 
 def make_eval_step(runtime: Runtime, model: keras.Model, num_classes: int

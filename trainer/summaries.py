@@ -49,19 +49,24 @@ class Summaries:
             for name, value in values.items():
                 tf.summary.scalar(name, value, step=step)
 
-    def eval_results(self, step: int, results: Mapping[str, Any], class_names: Sequence[str]) -> None:
-        """Loss, accuracy, macro F1, per-class recall, the confusion matrix as image and table."""
+    def eval_results(self, step: int, results: Mapping[str, Any], class_names: Sequence[str], *,
+                     prefix: str = "") -> None:
+        """Loss, accuracy, macro F1, per-class recall, the confusion matrix as image and table.
+
+        Args:
+          prefix: of every tag: `ema/` for the weight average's evaluation.
+        """
         if self._use("eval"):
             for name in ("loss", "accuracy", "macro_f1"):
-                tf.summary.scalar(name, results[name], step=step)
+                tf.summary.scalar(prefix + name, results[name], step=step)
             for name, recall in zip(class_names, results["recall"]):
-                tf.summary.scalar(f"recall/{name}", recall, step=step)
+                tf.summary.scalar(f"{prefix}recall/{name}", recall, step=step)
             confusion = results["confusion"]
             image = confusion_image(confusion, class_names, step, results["accuracy"])
-            tf.summary.image("confusion_matrix", image[None], step=step)
+            tf.summary.image(prefix + "confusion_matrix", image[None], step=step)
             tf.summary.text(
-                "confusion_matrix_counts", _markdown_table(confusion, class_names), step=step
-            )
+                prefix + "confusion_matrix_counts", _markdown_table(confusion, class_names),
+                step=step)
         # Rare, and what a user waits for; the training scalars so far too.
         self.flush()
 

@@ -26,8 +26,8 @@ from absl import logging
 import keras
 import tensorflow as tf
 
-from input_pipeline import records, storage
-from input_pipeline.dataset import create_dataset, find_corrupt_shards
+from input_pipeline import mixing, records, storage
+from input_pipeline.dataset import create_dataset
 from trainer import checkpoints
 from trainer import export
 from trainer import memory
@@ -43,7 +43,11 @@ from trainer.summaries import Summaries
 
 def distribute(runtime: Runtime, config: TrainConfig, info: records.DatasetInfo,
                split: str, training: bool, first_step: int = 0) -> tf.distribute.DistributedDataset:
-    """The `create_dataset` pipeline of `split`, fed to the strategy's replicas."""
+    """The `create_dataset` pipeline of `split`, fed to the strategy's replicas.
+
+    Training batches get RandAugment and mixing as the flags say; mixed
+    ones hold soft targets, which the train step takes as they come.
+    """
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         return create_dataset(
             config.data_dir, split,
@@ -53,9 +57,16 @@ def distribute(runtime: Runtime, config: TrainConfig, info: records.DatasetInfo,
             # The shuffle position is not checkpointed: a run resumed at step
             # N gets another seed, or it would replay the batches of step 0 on.
             seed=config.seed + first_step,
+            randaugment=config.randaugment if training else None,
+            mixing=mix_options(config) if training else None,
         )
 
     return runtime.strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def mix_options(config: TrainConfig) -> mixing.MixOptions:
+    """--mixup, --cutmix and --mix_prob, for the training pipeline."""
+    return mixing.MixOptions(config.mixup, config.cutmix, config.mix_prob)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +118,7 @@ def run(config: TrainConfig) -> dict[str, Any] | None:
                 "(--mode=train)")
         info = warm_start.start(config, state.model, info, resumed=bool(state.checkpoints.path),
                                 is_chief=runtime.is_chief)
+        state.start_average()  # From the weights as they start, warm-started or restored.
         # Closing the writers flushes their last events, also on the way out
         # of a preemption or an error.
         with Summaries(config.paths.summaries, enabled=runtime.is_chief) as summaries:
@@ -161,7 +173,7 @@ def _explained_stops(config: TrainConfig, runtime: Runtime) -> Iterator[None]:
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
         # A corrupt record or image: tf.data does not say which file, so look.
         corrupt = [bad for split in records.SPLITS
-                   for bad in find_corrupt_shards(config.data_dir, split)]
+                   for bad in records.find_corrupt_shards(config.data_dir, split)]
         if not corrupt:
             raise
         raise ValueError(
@@ -197,10 +209,11 @@ def train(ctx: RunContext) -> dict[str, Any] | None:
     # evaluation and export finish rather than killing them.
     with preemption.SigtermWatcher() as sigterm:
         if step == 0:
-            reporting.log_start(ctx.summaries, config, runtime, ctx.info, ctx.schedule)
+            reporting.log_start(ctx.summaries, config, runtime, ctx.info, ctx.schedule,
+                                mix_options(config))
         frozen_until = ctx.schedule.frozen_steps
         train_loops = _train_loops(ctx, sigterm, frozen=step < frozen_until)
-        sync_statistics = steps.make_sync_statistics(runtime, state.model)
+        sync_statistics = steps.make_sync_statistics(runtime, state.model, state.average)
         iterator = iter(distribute(runtime, config, ctx.info, records.TRAIN, training=True,
                                    first_step=step))
         throughput.start(step)
@@ -246,7 +259,7 @@ def _train_loops(ctx: RunContext, sigterm: preemption.SigtermWatcher,
         global_batch_size=ctx.schedule.global_batch_size, num_classes=ctx.info.num_classes,
         label_smoothing=ctx.config.label_smoothing,
         stop_requested=preemption.make_stop_check(ctx.runtime.strategy, sigterm.flag),
-        frozen_backbone=phase) for phase in {False, frozen}}
+        frozen_backbone=phase, average=ctx.state.average) for phase in {False, frozen}}
 
 
 def run_steps(ctx: RunContext, train_loop: Callable[[Iterator, tf.Tensor], steps.LoopResult],
@@ -306,8 +319,15 @@ def _finish(ctx: RunContext) -> dict[str, Any] | None:
 
 
 def evaluate_and_report(ctx: RunContext) -> dict[str, Any]:
-    """Evaluates the model at its current step: log line, summaries, and the chief's metrics.json."""
+    """Evaluates the model at its current step: log line, summaries, and the chief's metrics.json.
+
+    With --ema_decay the weight average is evaluated too, as `results["ema"]`.
+    """
     results = ctx.evaluator()
+    if ctx.state.average is not None:
+        # The same eval step and data: only the values in the variables change.
+        with ctx.state.average.swapped_in():
+            results["ema"] = ctx.evaluator()
     step = int(ctx.state.step.numpy())
     reporting.log_eval(ctx.summaries, step, results, ctx.info.class_names)
     if ctx.runtime.is_chief:
@@ -335,4 +355,5 @@ def _export(ctx: RunContext) -> None:
     export.export_saved_model(
         ctx.state.checkpoints.path, config.paths.export, model_name=config.model,
         width=config.width, image_size=config.image_size, info=ctx.info,
+        averaged=ctx.state.average is not None,
     )
