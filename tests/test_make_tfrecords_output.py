@@ -112,6 +112,9 @@ def test_stopped_run_leaves_no_shard_that_looks_complete(
                   f"--num_workers={workers}"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
+        # As in a terminal: a runner started in the background (nohup, `&`)
+        # ignores SIGINT, and a child would inherit that and never see Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.time() + 120

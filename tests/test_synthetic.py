@@ -276,6 +276,9 @@ def test_cli_ctrl_c_is_one_line(tmp_path: pathlib.Path) -> None:
          "--images_per_class=200"],
         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
+        # As in a terminal: a runner started in the background (nohup, `&`)
+        # ignores SIGINT, and a child would inherit that and never see Ctrl-C.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.time() + 120

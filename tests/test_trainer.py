@@ -214,10 +214,8 @@ def _assert_averaged_checkpoint(model_dir: str) -> None:
 def test_cache_decoded_trains_from_memory_across_epochs(tiny_records, tmp_path, trained):
     # 6 steps of 4 = 24 examples: past the 18-example epoch the cache replays.
     result = train(tiny_records.data_dir, str(tmp_path), "--train_steps=6", "--mode=train",
-                   "--cache_decoded", "--strategy=mirrored", "--cpu_devices=2", *REGULARISED)
+                   "--cache_decoded", "--strategy=mirrored", "--cpu_devices=2")
     assert_ok(result)
-    assert "dominant label" in result.stderr  # mixed batches: how accuracy is counted
-    _assert_averaged_checkpoint(str(tmp_path))
     # --image_size=32: cached at twice the side.
     assert "caching 18 decoded training images at 64 px" in result.stderr
     assert checkpoint_step(str(tmp_path)) == 6
