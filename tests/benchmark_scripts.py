@@ -33,3 +33,12 @@ def load_script(name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    """A refused command line: status 2, one line naming what is wrong, nothing generated."""
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "generating" not in result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    for word in words:
+        assert word in last, last
