@@ -57,7 +57,8 @@ _PARSE_SPEC = {key: records.FEATURE_SPEC[key] for key in ("image/encoded", "imag
 _MAX_OPEN_SHARDS = 16
 
 
-# Over 60 lines by its docstring alone: the body is a short dispatcher.
+# Over 60 lines by its docstring (one Args entry per option) alone: the body is a
+# short dispatcher, its checks and branches in the functions below.
 def create_dataset(
     data_dir: str,
     split: str,
@@ -114,13 +115,7 @@ def create_dataset(
       ValueError: shards missing or cut short, a training pipeline left
         without records, or `randaugment` or `mixing` for evaluation.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    mixing = mixing if mixing is not None and mixing.enabled else None
-    if not training and (randaugment is not None or mixing is not None):
-        raise ValueError(
-            f"randaugment={randaugment} and mixing={mixing} augment training batches only: "
-            "pass them with training=True, and leave evaluation as it is")
+    mixing = _check_arguments(batch_size, training, randaugment, mixing)
     # The defaults: one pipeline feeding one replica.
     context = input_context or tf.distribute.InputContext()
     num_pipelines = context.num_input_pipelines
@@ -145,12 +140,23 @@ def create_dataset(
         # A buffer larger than this pipeline's share of the split would only
         # fill up with repeats (and, on gs://, re-read every shard many times).
         share = math.ceil(info.num_examples.get(split, shuffle_buffer) / num_pipelines)
-        buffer = min(shuffle_buffer, share)
-        if cache_decoded:
-            ds = _cached_train_batches(own_records, spec, buffer, seeds, num_cached=share)
-        else:
-            ds = _train_batches(own_records, spec, buffer, seeds)
+        make_batches = (functools.partial(_cached_train_batches, num_cached=share)
+                        if cache_decoded else _train_batches)
+        ds = make_batches(own_records, spec, min(shuffle_buffer, share), seeds)
     return ds.with_options(_options(training)).prefetch(tf.data.AUTOTUNE)
+
+
+def _check_arguments(batch_size: int, training: bool, randaugment: tuple[int, float] | None,
+                     mixing: mixing_lib.MixOptions | None) -> mixing_lib.MixOptions | None:
+    """Refuses what no pipeline can do; returns `mixing` if it mixes at all, else None."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    mixing = mixing if mixing is not None and mixing.enabled else None
+    if not training and (randaugment is not None or mixing is not None):
+        raise ValueError(
+            f"randaugment={randaugment} and mixing={mixing} augment training batches only: "
+            "pass them with training=True, and leave evaluation as it is")
+    return mixing
 
 
 def _read_info(data_dir: str, split: str, info: records.DatasetInfo | None, *,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from types import ModuleType
@@ -42,3 +43,10 @@ def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None
     last = result.stderr.strip().splitlines()[-1]
     for word in words:
         assert word in last, last
+
+
+def documented_flags(name: str) -> list[str]:
+    """The flags `python scripts/NAME.py --help` documents, sorted; its exit checked too."""
+    result = run_script(name, "--help", timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # absl's exit after help
+    return sorted(re.findall(r"^  (--\S+):", result.stdout, re.MULTILINE))

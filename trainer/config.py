@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 import posixpath
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from absl import flags
 
@@ -249,20 +249,15 @@ def parse_randaugment(value: str | None) -> tuple[int, float] | None:
     return parsed
 
 
-def _valid_randaugment(value: str | None) -> bool:
-    try:
-        parse_randaugment(value)
-    except ValueError as e:
-        raise flags.ValidationError(str(e)) from None
-    return True
-
-
-def _valid_profile_steps(value: str | None) -> bool:
-    try:
-        parse_profile_steps(value)
-    except ValueError as e:
-        raise flags.ValidationError(str(e)) from None
-    return True
+def _parses(parse: Callable[[str | None], Any]) -> Callable[[str | None], bool]:
+    """An absl validator that accepts what `parse` does and refuses with its message."""
+    def valid(value: str | None) -> bool:
+        try:
+            parse(value)
+        except ValueError as e:
+            raise flags.ValidationError(str(e)) from None
+        return True
+    return valid
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -284,13 +279,13 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string(
         "profile_steps", None,
         "'FIRST,LAST': record a TensorBoard profiler trace of those training steps.", **kwargs)
-    flags.register_validator("profile_steps", _valid_profile_steps, **kwargs)
+    flags.register_validator("profile_steps", _parses(parse_profile_steps), **kwargs)
     flags.DEFINE_string(
         "randaugment", None, "'N,M': RandAugment on training images, N operations per image "
         f"(1 to {RANDAUGMENT_MAX_OPS}) at magnitude M (0 to {RANDAUGMENT_MAX_MAGNITUDE:g}), "
         "from an operation set for plants photographed from above (see "
         "input_pipeline/randaugment.py); e.g. '2,9'. Unset: off.", **kwargs)
-    flags.register_validator("randaugment", _valid_randaugment, **kwargs)
+    flags.register_validator("randaugment", _parses(parse_randaugment), **kwargs)
     for field in TrainConfig.options():
         _define(field, flag_values)
 
