@@ -25,6 +25,9 @@ setuptools.setup(
         "safetensors>=0.4",  # torchvision / timm ResNet weights, read with numpy (no torch)
         "tensorboard>=2.20",
         "tensorflow-datasets>=4.9",
+        # TFDS's store_as_tfds_dataset imports it and does not declare it: the
+        # TFDS pretraining benchmark and the tests write data sets with it.
+        "importlib_resources>=6",
         "tqdm>=4.66",
     ],
     extras_require={

@@ -92,7 +92,7 @@ def create_dataset(
         pipeline's share (2048 is about half the Kaggle training split).
       seed: seeds shard order, shuffle and augmentation; parallel reads still
         reorder training batches, evaluation is always repeatable.
-      info: `dataset_info.json`, read if None. With several pipelines or
+      info: `records_info.json`, read if None. With several pipelines or
         replicas, pass `records.with_shard_lengths(info, data_dir)` once, or
         records of old conversions are counted at every call.
       cache_decoded: training only: decode each image once into memory
@@ -111,7 +111,7 @@ def create_dataset(
       labels, each row summing to 1 (no label smoothing).
 
     Raises:
-      FileNotFoundError: `data_dir`, its `dataset_info.json` or shards missing.
+      FileNotFoundError: `data_dir`, its `records_info.json` or shards missing.
       ValueError: shards missing or cut short, a training pipeline left
         without records, or `randaugment` or `mixing` for evaluation.
     """

@@ -28,7 +28,7 @@ def prepare(cache_dir: str, *, images_per_class: int = IMAGES_PER_CLASS, seed: i
         return records_dir
     logging.info("generating %d synthetic images per class in %s (once)", images_per_class, root)
     images_dir = synthetic.generate(os.path.join(root, "images"), images_per_class, seed)
-    # dataset_info.json is written last, so a folder without it is an
+    # records_info.json is written last, so a folder without it is an
     # interrupted earlier attempt: replace it.
     convert(images_dir, records_dir, ConvertOptions(num_shards=4, seed=seed,
                                                     max_image_side=MAX_IMAGE_SIDE, overwrite=True))

@@ -11,9 +11,16 @@ ignored. Which folders are classes:
     labels are 0-based indices into the sorted class names;
   * any other folder (one holding only subfolders, such as a stray nested copy
     `nonsegmentedv2/` of the data set, or one with no image files) is not a class:
-    it is listed under `non_class_folders` in dataset_info.json and in the
+    it is listed under `non_class_folders` in records_info.json and in the
     summary, and nothing in it is read. Subfolders of class folders likewise;
   * hidden files and folders (names starting with '.') are ignored.
+Or, with --tfds_name (and --tfds_data_dir) instead of --input_dir, a prepared
+TFDS data set with one Image and one ClassLabel feature: class names and
+labels are its ClassLabel's, its validation split is kept where it has one,
+its test split is left out, and its licence and citation are printed and
+recorded. Its images are staged in a local temporary folder (about the data
+set's size) and converted as a folder's are. Nothing is downloaded unless
+--tfds_download is passed.
 
 Images. Each one is decoded to 3-channel RGB (alpha composited over black,
 16-bit scaled to 8-bit, palette/grey/CMYK converted, EXIF orientation applied),
@@ -27,9 +34,10 @@ sorted order (class, then file name) is kept and the others are reported as
 skipped duplicates, so a copy can never land in both splits.
 
 Output. OUT receives `train-00000-of-00008.tfrecord` ...,
-`validation-00000-of-00001.tfrecord` ..., `labels.txt` and, written last,
-`dataset_info.json`, which lists each split's records per shard
-(`shard_lengths`). Each shard is written under a hidden temporary name and
+`validation-00000-of-00001.tfrecord` ..., `labels.txt`, TFDS's metadata
+(`dataset_info.json`, `features.json`: `tfds.builder_from_directory(OUT)` reads
+the folder as a TFDS data set) and, written last, `records_info.json`, which
+lists each split's records per shard (`shard_lengths`). Each shard is written under a hidden temporary name and
 renamed when complete, so an interrupted run never leaves a shard that looks
 complete. OUT may be any tf.io.gfile path (local, gs://, ram://) but not IN's
 class folders or a folder inside them; before any image is read, it is refused
@@ -49,9 +57,9 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 # Only TF-free modules at the top: `--help` and bad flags answer at once, and
 # spawned workers, which import this module again as their `__main__`, stay
@@ -66,19 +74,40 @@ from input_pipeline.conversion.options import (
     ConvertOptions,
 )
 
+if TYPE_CHECKING:
+    from input_pipeline.conversion.tfds_source import TfdsInput
+
 
 def _define_path_flags(main: dict[str, str]) -> None:
     flags.DEFINE_string(
         "input_dir", None,
         "Local folder of class folders (IN/<Class Name>/*.png) or a Kaggle root "
         "holding train/. A class folder directly holds image files; other folders "
-        "are reported, not read.",
-        required=True, **main,
+        "are reported, not read. Or pass --tfds_name instead.",
+        **main,
+    )
+    flags.DEFINE_string(
+        "tfds_name", None,
+        "Instead of --input_dir: a prepared TFDS image classification data set, e.g. "
+        "plant_village or plant_village:1.0.2, with one Image and one ClassLabel feature.",
+        **main,
+    )
+    flags.DEFINE_string(
+        "tfds_data_dir", None,
+        "With --tfds_name: the TFDS data folder that holds it; default TFDS's own "
+        "($TFDS_DATA_DIR or ~/tensorflow_datasets).",
+        **main,
+    )
+    flags.DEFINE_boolean(
+        "tfds_download", False,
+        "With --tfds_name: let TFDS download and prepare the data set into "
+        "--tfds_data_dir when it is not prepared there. Off: nothing is downloaded.",
+        **main,
     )
     flags.DEFINE_string(
         "output_dir", None,
-        "Folder for the shards, labels.txt and dataset_info.json: local, gs:// or "
-        "any tf.io.gfile path. Must be empty unless --overwrite.",
+        "Folder for the shards, labels.txt, records_info.json and TFDS's metadata: "
+        "local, gs:// or any tf.io.gfile path. Must be empty unless --overwrite.",
         required=True, **main,
     )
 
@@ -121,7 +150,7 @@ def _define_option_flags(main: dict[str, str]) -> None:
     flags.DEFINE_boolean(
         "overwrite", defaults.overwrite,
         "Replace the converted files already in --output_dir (shards, labels.txt, "
-        "dataset_info.json); other files are left alone.",
+        "records_info.json, TFDS's metadata); other files are left alone.",
         **main,
     )
 
@@ -154,10 +183,34 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _fail(str(error))
 
 
+def _source(f: flags.FlagValues) -> str | TfdsInput:
+    """--input_dir, or the TFDS data set the --tfds_* flags name."""
+    folder, tfds_name = f["input_dir"].present, f["tfds_name"].present
+    if folder and tfds_name:
+        _fail("pass --input_dir=FOLDER or --tfds_name=NAME (a TFDS data set), not both")
+    if not folder and not tfds_name:
+        _fail("pass --input_dir=FOLDER (class folders of images) or --tfds_name=NAME "
+              "(a prepared TFDS data set)")
+    if tfds_name and not (f.tfds_name or "").strip():
+        _fail("--tfds_name is empty: name a TFDS data set, e.g. --tfds_name=plant_village")
+    if folder:
+        for flag in ("tfds_data_dir", "tfds_download"):
+            if f[flag].present:
+                _fail(f"--{flag} goes with --tfds_name, not with --input_dir")
+        return f.input_dir
+    from input_pipeline.conversion.tfds_source import TfdsInput  # imports TensorFlow
+
+    return TfdsInput(f.tfds_name, f.tfds_data_dir, f.tfds_download)
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
+    if not f["verbosity"].present:
+        # Warnings and up, as absl's default promises: else TFDS's notices on
+        # reading a data set show at INFO level around the summary.
+        logging.set_verbosity(logging.WARNING)
     options = ConvertOptions(
         num_shards=f.num_shards, validation_fraction=f.validation_fraction, seed=f.seed,
         max_image_side=f.max_image_side, jpeg_quality=f.jpeg_quality,
@@ -165,14 +218,15 @@ def main(argv: Sequence[str]) -> None:
     )
     try:
         options.check()  # convert() checks too; here a bad number costs no TF start-up
-        from input_pipeline.conversion import dataset_info, pipeline  # imports TensorFlow
+        source = _source(f)
+        from input_pipeline.conversion import pipeline, records_info  # imports TensorFlow
 
-        info = pipeline.convert(f.input_dir, f.output_dir, options)
+        info = pipeline.convert(source, f.output_dir, options)
     except ConversionError as error:
         _fail(str(error))
     except KeyboardInterrupt:
-        _fail("interrupted: complete shards are kept, dataset_info.json is not written")
-    print(dataset_info.format_summary(info))
+        _fail("interrupted: complete shards are kept, records_info.json is not written")
+    print(records_info.format_summary(info))
 
 
 def run() -> None:

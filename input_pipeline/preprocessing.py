@@ -185,7 +185,7 @@ def normalize(images: tf.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     """Maps 0..255 pixels to (x / 255 - mean) / std, float32.
 
     `images` is one image [h, w, 3] or a batch [n, h, w, 3]; `mean` and `std`
-    are per channel on the 0..1 scale, as in `dataset_info.json`.
+    are per channel on the 0..1 scale, as in `records_info.json`.
     """
     offset = 255.0 * np.asarray(mean, np.float32)
     inverse_scale = 1.0 / (255.0 * np.asarray(std, np.float32))

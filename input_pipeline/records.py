@@ -1,8 +1,10 @@
 """The on-disk contract between the converter and the input pipeline.
 
 One place defines the tf.train.Example schema, the shard file names and
-`dataset_info.json`, so the writer (`make_tfrecords`) and the reader
-(`input_pipeline`) cannot drift apart. The schema is the Inception
+`records_info.json`, so the writer (`make_tfrecords`) and the reader
+(`input_pipeline`) cannot drift apart. The same folder is also a TFDS data
+set: `dataset_info.json` and `features.json` there are TFDS's
+(`conversion/tfds_metadata.py`). The schema is the Inception
 `build_image_data` convention that TF Model Garden's classification decoder
 reads (see DATASET.md).
 """
@@ -26,11 +28,15 @@ TRAIN = "train"
 VALIDATION = "validation"
 SPLITS = (TRAIN, VALIDATION)
 
-INFO_FILE = "dataset_info.json"
+INFO_FILE = "records_info.json"
 LABELS_FILE = "labels.txt"
+# TFDS's metadata, beside ours (conversion/tfds_metadata.py). INFO_FILE's
+# content had this name before the folder was a TFDS data set too:
+# `read_dataset_info` still reads it there, so folders converted then train.
+TFDS_INFO_FILE = "dataset_info.json"
 
 # Per-channel statistics of the real Aarhus/Kaggle images (0..1 scale), used
-# when dataset_info.json does not carry statistics of its own.
+# when records_info.json does not carry statistics of its own.
 DEFAULT_MEAN = (0.329, 0.289, 0.207)
 DEFAULT_STD = (0.093, 0.096, 0.106)
 
@@ -124,19 +130,43 @@ def read_labels(data_dir: str) -> list[str]:
         return [line.rstrip("\n") for line in f if line.strip()]
 
 
+def _is_tfds_info(path: str) -> bool:
+    """Whether `path` is TFDS's dataset_info.json: its splits are a list, ours a mapping."""
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            return isinstance(json.load(f).get("splits"), list)
+    except (ValueError, AttributeError):
+        return False  # damaged: read as ours, which names the damage
+
+
+def _info_path(data_dir: str) -> str:
+    """INFO_FILE in `data_dir`, or TFDS_INFO_FILE where that holds our content."""
+    path = posixpath.join(data_dir, INFO_FILE)
+    if tf.io.gfile.exists(path):
+        return path
+    legacy = posixpath.join(data_dir, TFDS_INFO_FILE)
+    if tf.io.gfile.exists(legacy):
+        if not _is_tfds_info(legacy):
+            logging.info("reading %s: converted before %s took its place", legacy, INFO_FILE)
+            return legacy
+        raise FileNotFoundError(
+            f"{data_dir} holds a TFDS data set that the converter did not write: convert it "
+            "with `python -m input_pipeline.make_tfrecords --tfds_name=NAME "
+            "--tfds_data_dir=DIR --output_dir=OUT` and train on OUT")
+    raise FileNotFoundError(
+        f"{path} not found: --data_dir must be a folder written by "
+        "`python -m input_pipeline.make_tfrecords`"
+    )
+
+
 def read_dataset_info(data_dir: str) -> DatasetInfo:
-    """Reads `dataset_info.json` written by the converter.
+    """Reads `records_info.json` written by the converter.
 
     Raises:
       FileNotFoundError: with a message naming the directory and the fix.
       ValueError: the file is damaged or not the converter's.
     """
-    path = posixpath.join(data_dir, INFO_FILE)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(
-            f"{path} not found: --data_dir must be a folder written by "
-            "`python -m input_pipeline.make_tfrecords`"
-        )
+    path = _info_path(data_dir)
     try:
         with tf.io.gfile.GFile(path) as f:
             raw = json.load(f)
@@ -168,12 +198,12 @@ def read_dataset_info(data_dir: str) -> DatasetInfo:
 
 
 def list_shards(data_dir: str, split: str, info: DatasetInfo) -> list[str]:
-    """The shard files of `split`, sorted, checked against `dataset_info.json`.
+    """The shard files of `split`, sorted, checked against `records_info.json`.
 
     Raises:
       FileNotFoundError: no shard of `split` in `data_dir`.
       ValueError: more or fewer shard files, or entries of shard_lengths, than
-        dataset_info.json lists: an interrupted conversion or copy.
+        records_info.json lists: an interrupted conversion or copy.
     """
     pattern = shard_pattern(data_dir, split)
     # Sorted, so that every worker agrees on which files and records are whose.
@@ -186,14 +216,14 @@ def list_shards(data_dir: str, split: str, info: DatasetInfo) -> list[str]:
     expected = info.num_shards.get(split)
     if expected is not None and len(shards) != expected:
         raise ValueError(
-            f"found {len(shards)} {split} shards in {data_dir} but dataset_info.json "
+            f"found {len(shards)} {split} shards in {data_dir} but records_info.json "
             f"lists {expected}: an interrupted conversion or copy? Convert or copy again"
         )
     # Lengths of other files would misplace the pipelines' shares of records.
     lengths = info.shard_lengths.get(split)
     if lengths is not None and len(lengths) != len(shards):
         raise ValueError(
-            f"found {len(shards)} {split} shards in {data_dir} but dataset_info.json has "
+            f"found {len(shards)} {split} shards in {data_dir} but records_info.json has "
             f"shard_lengths for {len(lengths)}: an interrupted conversion or copy? "
             "Convert or copy again"
         )
@@ -204,7 +234,7 @@ def with_shard_lengths(info: DatasetInfo, data_dir: str,
                        splits: Sequence[str] | None = None) -> DatasetInfo:
     """`info` with the records per shard of every split, counted where it lacks them.
 
-    For records converted before dataset_info.json listed them: the count is
+    For records converted before records_info.json listed them: the count is
     a read of the split's record headers, so a trainer does it once at
     start-up rather than at every evaluation. It opens files only, with no
     TensorFlow op, so it can run before a distribution strategy is set up
@@ -226,7 +256,7 @@ def with_shard_lengths(info: DatasetInfo, data_dir: str,
     for split in info.num_shards if splits is None else splits:
         shards = list_shards(data_dir, split, info)
         if split not in lengths:
-            logging.info("counting the records of the %d %s shards in %s: dataset_info.json "
+            logging.info("counting the records of the %d %s shards in %s: records_info.json "
                          "predates shard_lengths", len(shards), split, data_dir)
             lengths[split] = tuple(_count_records(path) for path in shards)
         expected = info.num_examples.get(split)
@@ -234,7 +264,7 @@ def with_shard_lengths(info: DatasetInfo, data_dir: str,
             # Lengths that do not add up would misplace or drop evaluation examples.
             raise ValueError(
                 f"the {split} shards in {data_dir} hold {sum(lengths[split])} records but "
-                f"dataset_info.json lists {expected} examples: an interrupted conversion or "
+                f"records_info.json lists {expected} examples: an interrupted conversion or "
                 "copy? Convert or copy again")
     return dataclasses.replace(info, shard_lengths=lengths)
 

@@ -3,7 +3,8 @@
 #   scripts/make_tfrecords.sh IN OUT [--num_shards=16 --max_image_side=512 --overwrite ...]
 # Runs with the Python that `python -m` would use: $PYTHON if set, else the
 # activated virtualenv's, else the repository's .venv, else python3 on PATH.
-# See `python -m input_pipeline.make_tfrecords --help` for the flags.
+# See `python -m input_pipeline.make_tfrecords --help` for the flags; a TFDS data set
+# converts with that command and --tfds_name in place of --input_dir.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 INPUT_DIR OUTPUT_DIR [make_tfrecords flags]" >&2

@@ -15,6 +15,9 @@ from input_pipeline.conversion.options import ConvertOptions
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
 MODULE = [PYTHON, "-m", "input_pipeline.make_tfrecords"]
+# What TFDS's metadata writer leaves beside the shards, for a source that
+# states no licence: the TFDS data set's metadata and the ClassLabel's names.
+TFDS_FILES = {"dataset_info.json", "features.json", "image.class.label.labels.txt"}
 
 
 def read_split(data_dir: str, split: str) -> list[dict]:

@@ -4,7 +4,7 @@ Every example is a solid colour that is unique in its split: red and blue say
 the class, green says which example it is. A solid colour survives every
 crop, flip, rotation and resize, so a test can tell from any output image
 which record it came from, and so check labels and sharding after
-augmentation. `dataset_info.json` carries made-up statistics, far from the
+augmentation. `records_info.json` carries made-up statistics, far from the
 real data set's defaults, so a test can tell they were used.
 
 Registered in `tests/conftest.py`; use the `tiny_records` fixture, or call
@@ -76,11 +76,11 @@ def write_records(
     class_names: Sequence[str] = CLASS_NAMES,
     shard_lengths: bool = True,
 ) -> RecordSet:
-    """Writes shards, labels.txt and dataset_info.json as the converter does.
+    """Writes shards, labels.txt and records_info.json as the converter does.
 
     Examples cycle through the classes and are dealt to shards round-robin;
     image sizes vary between 40 and 80 px, some not square. Without
-    `shard_lengths`, dataset_info.json lacks the records per shard, as the
+    `shard_lengths`, records_info.json lacks the records per shard, as the
     converter wrote it before it listed them.
     """
     examples_per_split = examples_per_split or {records.TRAIN: 18, records.VALIDATION: 13}

@@ -18,10 +18,10 @@ import pytest
 import tensorflow as tf
 
 from input_pipeline import records
-from input_pipeline.conversion import dataset_info
+from input_pipeline.conversion import records_info
 from input_pipeline.conversion.options import ConversionError
 from tests import image_fixtures as fx
-from tests.conversion_fixtures import all_records, convert, read_split, skip_reasons
+from tests.conversion_fixtures import TFDS_FILES, all_records, convert, read_split, skip_reasons
 
 
 # ---------------------------------------------------------------------------
@@ -60,9 +60,9 @@ def mixed(tmp_path_factory):
     return src, out, info, all_records(str(out))
 
 
-def test_output_folder_holds_exactly_the_shards_labels_and_info(mixed):
+def test_output_folder_holds_exactly_the_shards_labels_and_metadata(mixed):
     _, out, info, _ = mixed
-    expected = {records.INFO_FILE, records.LABELS_FILE}
+    expected = {records.INFO_FILE, records.LABELS_FILE, *TFDS_FILES}
     for split in records.SPLITS:
         n = info["splits"][split]["num_shards"]
         expected |= {records.shard_name(split, i, n) for i in range(n)}
@@ -71,7 +71,7 @@ def test_output_folder_holds_exactly_the_shards_labels_and_info(mixed):
     assert info["splits"]["validation"]["num_shards"] == 1
 
 
-def test_labels_and_dataset_info_content(mixed):
+def test_labels_and_records_info_content(mixed):
     src, out, info, found = mixed
     assert (out / "labels.txt").read_text() == "Alpha\nBeta\nGamma\n"
     on_disk = json.loads((out / records.INFO_FILE).read_text())
@@ -179,7 +179,7 @@ def test_folders_that_are_not_classes_are_reported_not_read(mixed):
     assert "only subfolders" in folders["nonsegmentedv2"]
     assert "no image files" in folders["docs"]
     assert not any(f.startswith(("nonsegmentedv2", "docs", "Alpha/extra")) for f in found)
-    summary = dataset_info.format_summary(info)
+    summary = records_info.format_summary(info)
     assert "not a class folder, not read: nonsegmentedv2/" in summary
     assert "skipped 8 file(s)" in summary
 

@@ -14,7 +14,7 @@ from input_pipeline import records
 from input_pipeline.conversion import encoding
 from input_pipeline.conversion.options import ConversionError
 from tests import image_fixtures as fx
-from tests.conversion_fixtures import convert, read_split, shard_bytes
+from tests.conversion_fixtures import TFDS_FILES, convert, read_split, shard_bytes
 
 
 COUNTS = {"A": 40, "B": 20, "C": 10}
@@ -94,11 +94,11 @@ def test_non_empty_output_is_refused_and_overwrite_replaces_old_shards(plain, tm
     with pytest.raises(ConversionError, match="not empty.*--overwrite"):
         convert(root / "in", out, num_workers=1, num_shards=2)
     convert(root / "in", out, num_workers=1, num_shards=2, overwrite=True)
-    assert sorted(os.listdir(out)) == [
-        "dataset_info.json", "labels.txt", "notes.md",
+    assert sorted(os.listdir(out)) == sorted([
+        "records_info.json", "labels.txt", "notes.md", *TFDS_FILES,
         "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
         "validation-00000-of-00001.tfrecord",
-    ]
+    ])
 
 
 def test_failure_mid_run_leaves_only_complete_shards(plain, tmp_path, monkeypatch):

@@ -433,7 +433,7 @@ def test_shard_lengths_that_do_not_match_the_shards_are_a_clear_error(tmp_path):
     with pytest.raises(ValueError) as error:
         eval_batches(rs, batch_size=2)
     assert re.fullmatch(
-        r"found 3 validation shards in \S+ but dataset_info.json has shard_lengths for 2: an "
+        r"found 3 validation shards in \S+ but records_info.json has shard_lengths for 2: an "
         r"interrupted conversion or copy\? Convert or copy again", str(error.value)
     ), str(error.value)
 

@@ -20,7 +20,7 @@ def test_default_run_uses_cached_synthetic_data_and_the_cpu_demo_config(tmp_path
     assert "global batch 64" in log  # from configs/cpu_demo.cfg
     assert "decoded training images at 64 px in memory" in log  # --cache_decoded, at 2 x 32 px
     (records_dir,) = cache.glob("synthetic-*/records")
-    info = json.loads((records_dir / "dataset_info.json").read_text())
+    info = json.loads((records_dir / "records_info.json").read_text())
     assert len(info["class_names"]) == 12
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["num_examples"] == info["splits"]["validation"]["num_examples"]

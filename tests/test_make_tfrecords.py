@@ -313,7 +313,8 @@ def test_help_documents_every_flag(cli):
     _, _, results, _, _ = cli
     _, stdout, _ = results["help"]
     for flag in ("input_dir", "output_dir", "num_shards", "validation_fraction", "seed",
-                 "max_image_side", "jpeg_quality", "num_workers", "overwrite"):
+                 "max_image_side", "jpeg_quality", "num_workers", "overwrite", "tfds_name",
+                 "tfds_data_dir", "tfds_download"):
         assert f"--{flag}" in stdout or f"--[no]{flag}" in stdout
 
 

@@ -18,7 +18,7 @@ import pytest
 from input_pipeline import records
 from input_pipeline.conversion.options import ConversionError
 from tests import image_fixtures as fx
-from tests.conversion_fixtures import MODULE, REPO, convert, shard_bytes
+from tests.conversion_fixtures import MODULE, REPO, TFDS_FILES, convert, shard_bytes
 
 
 def test_gs_output_is_checked_at_start_up_and_left_clean(gcs_emulator, gcs_dir, tmp_path):
@@ -52,7 +52,7 @@ def test_gs_output_is_checked_at_start_up_and_left_clean(gcs_emulator, gcs_dir, 
     _, stderr, returncode = results["good"]
     assert returncode == 0, stderr + gcs_emulator.diagnostics()
     info = json.loads(gcs_emulator.read_object(f"{prefix}/data/{records.INFO_FILE}"))
-    expected = {records.INFO_FILE, records.LABELS_FILE}
+    expected = {records.INFO_FILE, records.LABELS_FILE, *TFDS_FILES}
     for split in records.SPLITS:
         n = info["splits"][split]["num_shards"]
         expected |= {records.shard_name(split, i, n) for i in range(n)}
@@ -135,7 +135,7 @@ def test_stopped_run_leaves_no_shard_that_looks_complete(
     if stop != signal.SIGKILL:
         assert stderr.strip() == (
             "make_tfrecords: error: interrupted: complete shards are kept, "
-            "dataset_info.json is not written"
+            "records_info.json is not written"
         )
     with pytest.raises(ConversionError, match="not empty"):
         convert(src, out, num_workers=1, num_shards=2)

@@ -149,15 +149,15 @@ def test_export_again_replaces_the_model_whole(trained, tiny_records, tmp_path):
 
 
 @pytest.mark.parametrize("text, words", [
-    ("{garbage", ["dataset_info.json is not one the converter writes", "convert"]),
-    ('{"class_names": ["a"]}', ["dataset_info.json is not one the converter writes", "splits"]),
+    ("{garbage", ["records_info.json is not one the converter writes", "convert"]),
+    ('{"class_names": ["a"]}', ["records_info.json is not one the converter writes", "splits"]),
     ('{"class_names": ["a"], "splits": {"train": {"num_examples": 1, "num_shards": 1}}, '
      '"image": {"std": [0, 0, 0]}}', ["unusable channel statistics", "std [0, 0, 0]"]),
 ])
 def test_damaged_dataset_info_is_a_one_line_error(tiny_records, tmp_path, text, words):
     data_dir = tmp_path / "records"
     shutil.copytree(tiny_records.data_dir, data_dir)
-    (data_dir / "dataset_info.json").write_text(text)
+    (data_dir / "records_info.json").write_text(text)
     result = train(str(data_dir), str(tmp_path / "model"), "--train_steps=2")
     assert_one_line_error(result, *words)
 

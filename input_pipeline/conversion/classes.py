@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import unicodedata
+from typing import Any
 
 from input_pipeline import storage
 from input_pipeline.conversion.options import ConversionError
@@ -24,6 +25,7 @@ class SourceImage:
     rel: str  # relative to input_dir, '/'-separated: reported and stored in records
     label: int
     class_name: str
+    split: str | None = None  # the source's own split (a TFDS data set's); None: ours to choose
 
 
 Skipped = tuple[SourceImage, str]  # a file left out, and why
@@ -38,6 +40,8 @@ class InputLayout:
     sources: tuple[SourceImage, ...]  # every usable file of every class, sorted
     unusable: tuple[Skipped, ...]  # broken symlinks, names not UTF-8...: skipped, and why
     non_class_folders: tuple[dict[str, str], ...]
+    source: str = ""  # what was read, as reported and recorded: the folder by default
+    origin: dict[str, Any] = dataclasses.field(default_factory=dict)  # a TFDS source's facts
 
 
 def printable(path: str) -> str:
@@ -82,9 +86,13 @@ def _why_unusable(entry: os.DirEntry) -> str | None:
     return "not a regular file"
 
 
+def unusable_class_name(name: str) -> bool:
+    """Whether `name` cannot be a class name: a line of labels.txt, UTF-8 in every record."""
+    return printable(name) != name or any(unicodedata.category(c) == "Cc" for c in name)
+
+
 def _check_class_name(root: str, name: str) -> None:
-    # A class name is a line of labels.txt and UTF-8 text in every record.
-    if printable(name) != name or any(unicodedata.category(c) == "Cc" for c in name):
+    if unusable_class_name(name):
         raise ConversionError(
             f"class folder {name!r} in {printable(root)} has a name that is not UTF-8 or "
             "holds a control character (a line break?): rename it"
@@ -159,4 +167,5 @@ def find_classes(input_dir: str) -> InputLayout:
                 sources.append(source)
             else:
                 unusable.append((source, reason))
-    return InputLayout(root, names, tuple(sources), tuple(unusable), tuple(non_class))
+    return InputLayout(root, names, tuple(sources), tuple(unusable), tuple(non_class),
+                       source=printable(input_dir))

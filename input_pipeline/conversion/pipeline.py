@@ -3,24 +3,43 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import tempfile
 from typing import Any
 
-from input_pipeline.conversion import classes, dataset_info, parallel, planning, writing
+from input_pipeline.conversion import (
+    classes, parallel, planning, records_info, tfds_source, writing,
+)
 from input_pipeline.conversion.options import ConvertOptions
 
 
+def _find_input(source: str | tfds_source.TfdsInput, output_dir: str, options: ConvertOptions,
+                stack: contextlib.ExitStack) -> classes.InputLayout:
+    """The input's classes and files; the output folder checked before any image is read."""
+    if isinstance(source, tfds_source.TfdsInput):
+        dataset = tfds_source.open_dataset(source)
+        writing.check_output_dir(output_dir, None, options.overwrite)
+        staging = stack.enter_context(tempfile.TemporaryDirectory(prefix="seedlings-tfds-"))
+        return tfds_source.stage(dataset, staging, options)
+    layout = classes.find_classes(source)
+    writing.check_output_dir(output_dir, layout.root, options.overwrite)
+    return layout
+
+
 def convert(
-    input_dir: str, output_dir: str, options: ConvertOptions = ConvertOptions()
+    source: str | tfds_source.TfdsInput, output_dir: str,
+    options: ConvertOptions = ConvertOptions(),
 ) -> dict[str, Any]:
-    """Converts `input_dir` into TFRecord shards in `output_dir`.
+    """Converts a folder of class folders, or a TFDS data set, into TFRecord shards.
 
     Args:
-      input_dir: local folder of class folders, or a Kaggle root with train/.
+      source: a local folder of class folders, or a Kaggle root with train/;
+        or a prepared TFDS data set (see `tfds_source`).
       output_dir: any tf.io.gfile folder; must be empty unless `options.overwrite`.
       options: how to convert; checked before anything is read.
 
     Returns:
-      The dict written to dataset_info.json.
+      The dict written to records_info.json.
 
     Workers are started with `spawn`: a script calling this with more than
     one worker needs the usual `if __name__ == "__main__":` guard.
@@ -30,8 +49,13 @@ def convert(
         without valid images.
     """
     options.check()
-    layout = classes.find_classes(input_dir)
-    writing.check_output_dir(output_dir, layout.root, options.overwrite)
+    with contextlib.ExitStack() as stack:
+        layout = _find_input(source, output_dir, options, stack)
+        return _convert(layout, output_dir, options)
+
+
+def _convert(layout: classes.InputLayout, output_dir: str,
+             options: ConvertOptions) -> dict[str, Any]:
     with parallel.worker_pool(min(options.workers(), len(layout.sources))) as executor:
         kept, skipped = planning.scan(layout.sources, executor, options)
         skipped = [*layout.unusable, *skipped]
@@ -47,7 +71,7 @@ def convert(
     # as unusable as one with none.
     written = sum(tally.class_counts.values(), collections.Counter())
     planning.check_every_class_has_images(layout.class_names, written, tally.skipped)
-    info = dataset_info.build_info(input_dir, layout, plan, options, tally)
+    info = records_info.build_info(layout, plan, options, tally)
     with writing.failures_in_one_line(output_dir):
         writing.write_metadata(output_dir, layout.class_names, info)
     return info

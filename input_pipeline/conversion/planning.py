@@ -85,15 +85,10 @@ def _shards(split: str, sources: Sequence[SourceImage], num_shards: int) -> list
     ]
 
 
-def plan_shards(
-    sources: Sequence[SourceImage], num_classes: int, options: ConvertOptions
-) -> list[ShardPlan]:
-    """Assigns every file to a split and shard, from the seed alone.
-
-    Stratified: each class is shuffled and split on its own. Each split is
-    then shuffled so that every shard mixes all classes.
-    """
-    rng = random.Random(options.seed)
+def _stratified_split(
+    sources: Sequence[SourceImage], num_classes: int, options: ConvertOptions,
+    rng: random.Random,
+) -> tuple[list[SourceImage], list[SourceImage]]:
     by_class: list[list[SourceImage]] = [[] for _ in range(num_classes)]
     for source in sources:
         by_class[source.label].append(source)
@@ -103,6 +98,25 @@ def plan_shards(
         n_val = _num_validation(len(members), options.validation_fraction)
         validation += members[:n_val]
         train += members[n_val:]
+    return train, validation
+
+
+def plan_shards(
+    sources: Sequence[SourceImage], num_classes: int, options: ConvertOptions
+) -> list[ShardPlan]:
+    """Assigns every file to a split and shard, from the seed alone.
+
+    Files whose source chose their split (a TFDS data set's validation
+    split) keep it. Otherwise the split is stratified: each class is
+    shuffled and split on its own. Each split is then shuffled so that every
+    shard mixes all classes.
+    """
+    rng = random.Random(options.seed)
+    if any(source.split for source in sources):
+        train = [s for s in sources if s.split == records.TRAIN]
+        validation = [s for s in sources if s.split == records.VALIDATION]
+    else:
+        train, validation = _stratified_split(sources, num_classes, options, rng)
     rng.shuffle(train)
     rng.shuffle(validation)
     train_shards = _shards(records.TRAIN, train, options.num_shards)

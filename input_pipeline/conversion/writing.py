@@ -1,7 +1,7 @@
 """Writing the shards and the metadata: the parent is the only process that writes.
 
 Every file lands whole or not at all: shards are written under a hidden
-temporary name and renamed when complete, and dataset_info.json, which
+temporary name and renamed when complete, and records_info.json, which
 marks the folder as a finished data set, is written last.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import records, storage
-from input_pipeline.conversion import encoding, parallel
+from input_pipeline.conversion import encoding, parallel, tfds_metadata
 from input_pipeline.conversion.classes import Skipped, SourceImage
 from input_pipeline.conversion.options import ConversionError, ConvertOptions
 from input_pipeline.conversion.planning import ShardPlan
@@ -27,7 +27,7 @@ from input_pipeline.conversion.planning import ShardPlan
 TMP_PREFIX = ".tmp-"
 
 
-def _check_outside_class_folders(output_dir: str, class_root: str) -> None:
+def _check_outside_class_folders(output_dir: str, class_root: str | None) -> None:
     """Refuses an output folder that is the class root or inside it.
 
     There, the records would mix with the photographs, and the next
@@ -36,8 +36,10 @@ def _check_outside_class_folders(output_dir: str, class_root: str) -> None:
     IN/train): the converter writes and removes only its own file names at
     the top of --output_dir, never in the subfolders that hold the photographs.
     """
-    if not output_dir or "://" in output_dir:
-        return  # empty: storage says so; remote: the input is local, so no overlap
+    if not output_dir or "://" in output_dir or class_root is None:
+        # Empty: storage says so; remote: the input is local, so no overlap;
+        # no class folders: a TFDS input.
+        return
     out, root = os.path.realpath(output_dir), os.path.realpath(class_root)
     if os.path.commonpath([out, root]) == root:
         suggestion = os.path.join(os.path.dirname(os.path.abspath(class_root)), "records")
@@ -48,7 +50,7 @@ def _check_outside_class_folders(output_dir: str, class_root: str) -> None:
         )
 
 
-def check_output_dir(output_dir: str, class_root: str, overwrite: bool) -> None:
+def check_output_dir(output_dir: str, class_root: str | None, overwrite: bool) -> None:
     """Refuses, before any image is read, an output folder that cannot work.
 
     The not-empty refusal comes before anything is created; then a probe file
@@ -82,7 +84,7 @@ def failures_in_one_line(output_dir: str) -> Iterator[None]:
     """Turns a failed write (disk full, a folder where a file goes) into one line.
 
     The folder was writable at start-up, so this is rare and late; shards are
-    renamed only when complete and dataset_info.json is written last, so what
+    renamed only when complete and records_info.json is written last, so what
     is left does not look like a finished data set.
     """
     try:
@@ -90,17 +92,18 @@ def failures_in_one_line(output_dir: str) -> Iterator[None]:
     except tf.errors.OpError as error:
         raise ConversionError(
             f"writing to --output_dir={output_dir} failed ({storage.first_line(error)}); "
-            "complete shards are kept, dataset_info.json is not written"
+            "complete shards are kept, records_info.json is not written"
         ) from error
 
 
 def remove_old_outputs(output_dir: str) -> None:
     """Removes what an earlier run wrote (and only that)."""
-    # dataset_info.json first: if this is interrupted, what is left must not
+    # records_info.json first: if this is interrupted, what is left must not
     # look like a complete data set.
     names = [records.INFO_FILE, records.LABELS_FILE]
     names += [name + storage.TMP_SUFFIX for name in names]  # temporaries of records.write_*
     paths = [posixpath.join(output_dir, n) for n in names]
+    paths += tfds_metadata.written_files(output_dir)  # and our old records_info.json's name
     for split in records.SPLITS:
         paths += tf.io.gfile.glob(records.shard_pattern(output_dir, split))
     paths += tf.io.gfile.glob(posixpath.join(output_dir, TMP_PREFIX + "*"))
@@ -201,7 +204,8 @@ def write_shards(
 
 
 def write_metadata(output_dir: str, class_names: Sequence[str], info: dict[str, Any]) -> None:
-    """Writes labels.txt, then dataset_info.json (`info`), each whole or not at all."""
+    """Writes labels.txt, TFDS's metadata, then records_info.json (`info`)."""
     records.write_labels(output_dir, class_names)
+    tfds_metadata.write(output_dir, info)
     # Last of all: its presence is what marks the folder as complete.
     records.write_json(posixpath.join(output_dir, records.INFO_FILE), info)

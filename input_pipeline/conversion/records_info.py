@@ -1,7 +1,7 @@
-"""What was converted: the content of dataset_info.json and the end-of-run summary.
+"""What was converted: the content of records_info.json and the end-of-run summary.
 
 The summary is made from the dict alone, so what the user reads at the end
-of a run is what the trainer will read from dataset_info.json.
+of a run is what the trainer will read from records_info.json.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from input_pipeline.conversion.classes import InputLayout, printable
+from input_pipeline.conversion.classes import InputLayout
 from input_pipeline.conversion.options import ConvertOptions
 from input_pipeline.conversion.planning import ShardPlan
 from input_pipeline.conversion.writing import Tally
@@ -31,13 +31,12 @@ def _channel_stats(histogram: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def build_info(
-    input_dir: str,
     layout: InputLayout,
     plan: Sequence[ShardPlan],
     options: ConvertOptions,
     tally: Tally,
 ) -> dict[str, Any]:
-    """The dict that dataset_info.json holds (read back by `records.read_dataset_info`)."""
+    """The dict that records_info.json holds (read back by `records.read_dataset_info`)."""
     mean, std = _channel_stats(tally.histogram)
     splits = {}
     for split, counts in tally.class_counts.items():
@@ -47,9 +46,11 @@ def build_info(
             "shard_lengths": tally.shard_lengths[split],
             "class_counts": {n: counts[i] for i, n in enumerate(layout.class_names)},
         }
+    origin = {"tfds": layout.origin} if layout.origin else {}
     return {
-        "name": DATASET_NAME,
-        "source": printable(input_dir),
+        "name": layout.origin.get("name", DATASET_NAME),
+        "source": layout.source,
+        **origin,
         "class_names": list(layout.class_names),
         "splits": splits,
         "image": {
@@ -68,7 +69,7 @@ def build_info(
 
 def _summary_of_skipped(skipped: Sequence[dict[str, str]]) -> list[str]:
     # Reasons read "kind: detail"; one line per kind keeps a summary of a
-    # thousand bad files readable (dataset_info.json lists every one).
+    # thousand bad files readable (records_info.json lists every one).
     by_kind: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
     for entry in skipped:
         by_kind[entry["reason"].split(":")[0]].append(entry)
@@ -76,6 +77,19 @@ def _summary_of_skipped(skipped: Sequence[dict[str, str]]) -> list[str]:
     for kind, entries in sorted(by_kind.items()):
         first = entries[0]
         lines.append(f"  {kind}: {len(entries)}, e.g. {first['file']} ({first['reason']})")
+    return lines
+
+
+def _summary_of_origin(origin: dict[str, Any]) -> list[str]:
+    # The terms come first: a user must see them before using the data.
+    left_out = f"; left out: {', '.join(origin['unused_splits'])}" if origin["unused_splits"] else ""
+    validation = ("its own" if "validation" in origin["splits"]
+                  else "none, so a stratified share of train (--validation_fraction)")
+    lines = [f"TFDS splits read: {', '.join(origin['splits'])}{left_out}; validation: {validation}"]
+    where = origin["homepage"] or "the data set's documentation"
+    lines.append(f"licence: {origin['license'] or f'not stated by the data set: see {where}'}")
+    if origin["citation"]:
+        lines += ["cite:", *("  " + line for line in origin["citation"].splitlines())]
     return lines
 
 
@@ -95,6 +109,8 @@ def format_summary(info: dict[str, Any]) -> str:
     lines += _summary_of_skipped(info["skipped"])
     for folder in info["non_class_folders"]:
         lines.append(f"not a class folder, not read: {folder['folder']}/ {folder['reason']}")
+    if "tfds" in info:
+        lines += _summary_of_origin(info["tfds"])
     image = info["image"]
     lines.append(f"train mean {image['mean']} std {image['std']} (RGB, 0..1)")
     return "\n".join(lines)
