@@ -23,9 +23,11 @@ if REPO not in sys.path:
 # Before anything imports TensorFlow: its start-up notices would bury the report.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from input_pipeline import records, synthetic
+# Nothing here imports TensorFlow, so that a script's --help and flag errors need
+# not wait seconds for it: records and the converter, which do, are imported
+# where they are used.
+from input_pipeline import synthetic
 from input_pipeline.conversion.options import ConvertOptions
-from input_pipeline.conversion.pipeline import convert
 from input_pipeline.synthetic.layout import TRAIN_FOLDER
 
 T = TypeVar("T")
@@ -113,6 +115,9 @@ def synthetic_records(work_dir: str, images_per_class: int, *, seed: int = 0,
     shards, the image side and the workers, of `classes` only (default: all
     12 species).
     """
+    from input_pipeline import records
+    from input_pipeline.conversion.pipeline import convert
+
     images_dir = synthetic_images(work_dir, images_per_class, seed)
     name = f"{images_per_class}-per-class{_seed_suffix(seed)}"
     if classes is not None:
@@ -123,7 +128,7 @@ def synthetic_records(work_dir: str, images_per_class: int, *, seed: int = 0,
     if validation_fraction != ConvertOptions.validation_fraction:
         name += f"-validation-{validation_fraction:g}"
     records_dir = os.path.join(work_dir, f"records-{name}-{num_shards}-shards-{max_image_side}-px")
-    # The converter writes dataset_info.json last: without it, an interrupted run.
+    # The converter writes records_info.json last: without it, an interrupted run.
     if not os.path.exists(os.path.join(records_dir, records.INFO_FILE)):
         print(f"converting to records (longer side <= {max_image_side} px) in {records_dir} ...",
               flush=True)

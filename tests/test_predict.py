@@ -9,7 +9,7 @@ trained: its last layer is set so that it tells four colours apart (see
 characters throughout.
 
 The start-up path checks run as one process for all their cases (see
-`run_predict_main_per_case`): each real run would cost a TensorFlow import,
+`tests/main_per_case.py`): each real run would cost a TensorFlow import,
 three seconds of CPU, for an error found in milliseconds.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.main_per_case import run_main_per_case
 from tests.record_fixtures import CLASS_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,43 +42,6 @@ def run_predict(*args: str, env: dict[str, str] | None = None, python_flags: tup
                 ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *python_flags, "-m", "trainer.predict", *args],
                           cwd=REPO, env=_env(env), capture_output=True, text=True, timeout=300)
-
-
-# What `python -m trainer.predict ARGS` does after its imports, once per ARGS
-# in one process: fresh flags each time, stdout and stderr kept apart, and the
-# exit status as the interpreter makes it (a string exit: printed, status 1).
-_PER_CASE_DRIVER = """
-import contextlib, io, json, sys, traceback
-from absl import flags
-from trainer import predict
-
-def run(args):
-    flags.FLAGS.unparse_flags()
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            predict.main(predict.parse_flags(["predict", *args]))
-            status = 0
-        except SystemExit as e:
-            status = e.code if isinstance(e.code, int) else int(e.code is not None)
-            if not isinstance(e.code, (int, type(None))):
-                print(e.code, file=sys.stderr)
-        except BaseException:
-            traceback.print_exc()
-            status = 1
-    return status, stdout.getvalue(), stderr.getvalue()
-
-print(json.dumps([run(args) for args in json.load(sys.stdin)]))
-"""
-
-
-def run_predict_main_per_case(cases: list[list[str]]) -> list[subprocess.CompletedProcess]:
-    """`run_predict(*args)` for each args, in one process that imports TensorFlow once."""
-    driver = subprocess.run([sys.executable, "-c", _PER_CASE_DRIVER], cwd=REPO, env=_env(),
-                            input=json.dumps(cases), capture_output=True, text=True, timeout=300)
-    assert driver.returncode == 0, driver.stderr[-3000:]
-    return [subprocess.CompletedProcess(args, status, stdout, stderr)
-            for args, (status, stdout, stderr) in zip(cases, json.loads(driver.stdout))]
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -324,7 +287,7 @@ def test_each_bad_path_flag_is_one_line_and_writes_nothing(model_dir, bad_paths,
         cases.append([f"--{flag}={value}" for flag, value in flags.items() if value])
         # The line names the bad path; for /proc/out.csv, its folder.
         bad_values.append([v for v in changed.values() if v and not v.startswith("/proc/")])
-    results = run_predict_main_per_case(cases)
+    results = run_main_per_case("trainer.predict", cases)
     for (case, (_, words)), named, result in zip(PATH_CASES.items(), bad_values, results):
         try:
             assert_one_line_error(result, *words, *named)

@@ -2,6 +2,8 @@
 
 Every test drives `python -m trainer.main` (and predict) and reads back what a
 user would: checkpoints, `normalization.json`, log lines, the exported model.
+The errors found at start-up run their cases in one process (see
+`tests/main_per_case.py`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import csv
 import json
 import os
 import signal
+import subprocess
 
 import keras
 import numpy as np
@@ -19,9 +22,10 @@ import tensorflow as tf
 from PIL import Image
 
 from input_pipeline import preprocessing, records
+from tests.main_per_case import run_main_per_case
 from tests.record_fixtures import write_records
 from tests.trainer_fixtures import (
-    EXIT_PREEMPTED, assert_ok, assert_one_line_error, run_module, train)
+    EXIT_PREEMPTED, TINY, assert_ok, assert_one_line_error, run_module, train)
 from trainer import models, pretrained
 from trainer.warm_start import NORMALIZATION_FILE
 
@@ -30,6 +34,16 @@ TWELVE = SIX + ("Loose Silky-bent", "Maize", "Scentless Mayweed", "Shepherds Pur
                 "Small-flowered Cranesbill", "Sugar beet")
 # The backbone stays frozen all run: what it holds at the end is what it started from.
 FROZEN = ["--freeze_backbone_epochs=1000", "--mode=train"]
+
+
+def train_per_case(data_dir: str, model_dir: str,
+                   cases: list[list[str]]) -> list[subprocess.CompletedProcess]:
+    """`train(data_dir, model_dir, *args)` for each args in `cases`, in one process.
+
+    For errors found at start-up: each real run would cost a TensorFlow import.
+    """
+    return run_main_per_case("trainer.main", [
+        [f"--data_dir={data_dir}", f"--model_dir={model_dir}", *TINY, *args] for args in cases])
 
 
 def model_values(prefix: str) -> dict[str, np.ndarray]:
@@ -82,19 +96,21 @@ def test_init_from_a_6_class_run_into_a_12_class_run_keeps_the_backbone(
 
 
 def test_init_checkpoint_errors_are_one_line(six_class_run, twelve_classes, tmp_path):
+    init = f"--init_checkpoint={six_class_run}"
     cases = [
-        (["--width=16"], ["holds a resnet18 of width 8", "resnet18 of width 16", "--width=8"]),
-        (["--model=resnet34"], ["holds a resnet18 of width 8", "resnet34", "--model=resnet18"]),
-        (["--init_checkpoint_modules=all"], ["logits/kernel", "(64, 6)", "(64, 12)",
-                                             "--init_checkpoint_modules=backbone"]),
+        ([init, "--width=16"], ["holds a resnet18 of width 8", "resnet18 of width 16",
+                                "--width=8"]),
+        ([init, "--model=resnet34"], ["holds a resnet18 of width 8", "resnet34",
+                                      "--model=resnet18"]),
+        ([init, "--init_checkpoint_modules=all"], ["logits/kernel", "(64, 6)", "(64, 12)",
+                                                   "--init_checkpoint_modules=backbone"]),
+        ([f"--init_checkpoint={tmp_path}/nothing"], ["--init_checkpoint=",
+                                                     "neither a checkpoint prefix"]),
     ]
-    for args, words in cases:
-        result = train(twelve_classes.data_dir, str(tmp_path / "run"),
-                       f"--init_checkpoint={six_class_run}", "--train_steps=2", *args)
+    results = train_per_case(twelve_classes.data_dir, str(tmp_path / "run"),
+                             [[*args, "--train_steps=2"] for args, _ in cases])
+    for (_, words), result in zip(cases, results):
         assert_one_line_error(result, *words)
-    result = train(twelve_classes.data_dir, str(tmp_path / "run"),
-                   f"--init_checkpoint={tmp_path}/nothing", "--train_steps=2")
-    assert_one_line_error(result, "--init_checkpoint=", "neither a checkpoint prefix")
     assert not any(f.startswith("ckpt-") for f in os.listdir(tmp_path / "run"))
 
 
@@ -175,11 +191,14 @@ def test_pretrained_weights_normalise_training_evaluation_and_the_export_alike(
 def test_bad_pretrained_file_is_a_one_line_error(twelve_classes, tmp_path):
     not_weights = tmp_path / "notes.safetensors"
     not_weights.write_text("hello")
-    for path, words in [(not_weights, ["is not a .safetensors file"]),
-                        (tmp_path / "missing.safetensors", ["No weights file at"])]:
-        result = train(twelve_classes.data_dir, str(tmp_path / "run"), f"--pretrained={path}",
-                       "--train_steps=2")
-        assert_one_line_error(result, str(path), *words)
-    result = train(twelve_classes.data_dir, str(tmp_path / "run"), f"--pretrained={not_weights}",
-                   f"--init_checkpoint={tmp_path}", "--train_steps=2")
-    assert_one_line_error(result, "--init_checkpoint or --pretrained, not both")
+    missing = tmp_path / "missing.safetensors"
+    cases = [
+        ([f"--pretrained={not_weights}"], [str(not_weights), "is not a .safetensors file"]),
+        ([f"--pretrained={missing}"], [str(missing), "No weights file at"]),
+        ([f"--pretrained={not_weights}", f"--init_checkpoint={tmp_path}"],
+         ["--init_checkpoint or --pretrained, not both"]),
+    ]
+    results = train_per_case(twelve_classes.data_dir, str(tmp_path / "run"),
+                             [[*args, "--train_steps=2"] for args, _ in cases])
+    for (_, words), result in zip(cases, results):
+        assert_one_line_error(result, *words)
