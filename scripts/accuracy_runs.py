@@ -11,23 +11,30 @@ stopped (to see its best accuracy within its budget) runs to its end.
 Polling four times a second stops a run soon after its crossing, for
 little CPU: each poll reads only the events written since the last.
 Training images/s is the median of the run's train/images_per_second
-scalars (one per loop of steps).
+scalars (one per loop of steps). A source run to start others from is
+trained once and reused (`pretrain_once`); contenders run once per trainer
+seed, in turns (`alternate_seeds`).
 
-Used by scripts/benchmark_time_to_accuracy.py and scripts/benchmark_transfer.py.
+Used by scripts/benchmark_time_to_accuracy.py, scripts/benchmark_transfer.py,
+scripts/benchmark_recipe.py and scripts/benchmark_tfds_pretraining.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import itertools
+import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import bench  # First: puts the repository root on sys.path.
 from absl import flags
@@ -44,6 +51,9 @@ _STOPPED_OK = (0, 128 + signal.SIGTERM)
 # Far longer than saving the demo model's checkpoint takes: past it, the
 # trainer is stuck and is killed.
 _STOP_TIMEOUT_SECONDS = 120
+# Beside a finished source run's checkpoints: its summary, and the mark that it finished.
+_SOURCE_RUN_FILE = "source_run.json"
+T = TypeVar("T")
 
 
 def demo_flags() -> flags.FlagValues:
@@ -188,6 +198,64 @@ def run_to_target(name: str, command: list[str], model_dir: str, target: float |
         images_per_second=statistics.median(rates) if rates else None,
         error=None if ok else _last_line(log_path),
     )
+
+
+# --------------------------------------------------------------------------
+# A source run, made once; contenders, once per seed.
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceRun:
+    """A run trained once to start others from, as a report shows it."""
+
+    model_dir: str
+    seconds: float  # Process start to exit: start-up, training, evaluation, export.
+    step: int
+    accuracy: float  # Its last (and only) evaluation's.
+    images_per_second: float | None
+    cached: bool = False  # Made by an earlier invocation.
+
+
+def pretrain_once(records_dir: str, model_dir: str, steps: int) -> SourceRun:
+    """The demo trained `steps` steps on `records_dir`, or the run an earlier call finished.
+
+    Exits with a one-line error if the run fails.
+    """
+    summary_path = os.path.join(model_dir, _SOURCE_RUN_FILE)
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            return dataclasses.replace(SourceRun(**json.load(f)), model_dir=model_dir, cached=True)
+    # Unfinished (no summary): the trainer would resume it, and its time would be a part.
+    shutil.rmtree(model_dir, ignore_errors=True)
+    # One evaluation, at the end: the source run's accuracy, and no time spent before.
+    command = trainer_command(records_dir, model_dir, steps, steps, ())
+    outcome = run_to_target("source run", command, model_dir, target=None)
+    if outcome.error is not None or not outcome.evals:
+        sys.exit(f"error: the source run failed (exit {outcome.exit_code}): "
+                 f"{outcome.error or 'no evaluation written'}; see {model_dir}/trainer.log")
+    final = outcome.evals[-1]
+    run = SourceRun(model_dir, outcome.end_time - outcome.start_time, final.step, final.value,
+                    outcome.images_per_second)
+    with open(summary_path, "w") as f:
+        json.dump(dataclasses.asdict(run), f, indent=2)
+    return run
+
+
+def alternate_seeds(contender_flags: Mapping[str, tuple[str, ...]], seeds: int,
+                    run_seed: Callable[[str, tuple[str, ...], int], T],
+                    show: Callable[[T], str]) -> dict[str, list[T]]:
+    """`run_seed(name, flags, seed)` of each contender for seeds 0, 1, ..., in turns.
+
+    All contenders of a seed run before the next seed's (`bench.alternate`),
+    so a burst of load elsewhere hits them alike.
+    """
+
+    def contender(name: str, extra_flags: tuple[str, ...]) -> Callable[[], T]:
+        numbers = itertools.count()  # bench.alternate calls it once per repeat
+        return lambda: run_seed(name, extra_flags, next(numbers))
+
+    return bench.alternate({name: contender(name, extra)
+                            for name, extra in contender_flags.items()}, seeds, show)
 
 
 def _last_line(path: str) -> str:
