@@ -35,8 +35,18 @@ setuptools.setup(
         "gpu": [f"tensorflow[and-cuda]{TF_VERSIONS}"],
         "tpu": [f"tensorflow-tpu{TF_VERSIONS}"],
         "cloud": ["google-cloud-storage>=2.14", "google-auth>=2.25", "requests>=2.31"],
+        # --export_formats=tflite_fp16,tflite_int8,onnx and predict --format: the
+        # TFLite converter is TensorFlow's own, ONNX's is tf2onnx (with onnx), and
+        # each model runs once in its runtime before it is written. Tested with
+        # ai-edge-litert 2.3, tf2onnx 1.17, onnx 1.23, onnxruntime 1.32 on TF 2.21.
+        "edge": ["ai-edge-litert>=2.3,<3", "tf2onnx>=1.17,<2", "onnx>=1.17,<2",
+                 "onnxruntime>=1.20,<2"],
         "test": [
             f"tensorflow-cpu{TF_VERSIONS}",
+            "ai-edge-litert>=2.3,<3",
+            "tf2onnx>=1.17,<2",
+            "onnx>=1.17,<2",
+            "onnxruntime>=1.20,<2",
             "google-cloud-storage>=2.14",
             "google-auth>=2.25",
             "requests>=2.31",

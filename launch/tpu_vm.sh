@@ -94,7 +94,7 @@ run tar -czf "$ARCHIVE" --exclude=__pycache__ -C "$ROOT" setup.py README.md inpu
 run "${TPU[@]}" scp "$ARCHIVE" "$NAME:seedlings.tgz" --worker=all "${WHERE[@]}"
 # libtpu builds matching tensorflow-tpu are published on the libtpu-tf-releases index.
 run "${TPU[@]}" ssh "$NAME" --worker=all "${WHERE[@]}" --command="rm -rf seedlings && mkdir seedlings \
-&& tar -xzf seedlings.tgz -C seedlings && python3 -m pip install -q './seedlings[tpu]' \
+&& tar -xzf seedlings.tgz -C seedlings && python3 -m pip install -q './seedlings[tpu,edge]' \
 -f https://storage.googleapis.com/libtpu-tf-releases/index.html"
 # Runs from ~/seedlings so that --flagfile=configs/... finds the copied configs.
 run "${TPU[@]}" ssh "$NAME" --worker=all "${WHERE[@]}" \

@@ -38,7 +38,7 @@ def test_tpu_script_dry_run_prints_the_gcloud_commands(gcloud_stub: tuple[dict, 
     assert pack[:3] == ["tar", "-czf", archive] and "configs" in pack and "trainer" in pack
     assert scp == [*tpu_vm, "scp", archive, "v5e:seedlings.tgz", "--worker=all", *WHERE]
     assert install[:6] == [*tpu_vm, "ssh", "v5e"] and "--worker=all" in install
-    assert "'./seedlings[tpu]' -f https://storage.googleapis.com/libtpu-tf-releases/index.html" \
+    assert "'./seedlings[tpu,edge]' -f https://storage.googleapis.com/libtpu-tf-releases/index.html" \
         in install[-1]
     assert train[:6] == [*tpu_vm, "ssh", "v5e"] and "--worker=all" in train
     remote = train[-1].removeprefix("--command=")

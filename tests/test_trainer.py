@@ -454,7 +454,7 @@ def test_help_documents_every_flag():
                  "zero_init_residual", "mixed_precision", "jit_compile", "seed", "mode",
                  "profile_steps", "init_checkpoint", "init_checkpoint_modules", "pretrained",
                  "backbone_lr_multiplier", "freeze_backbone_epochs", "randaugment", "mixup",
-                 "cutmix", "mix_prob", "ema_decay"):
+                 "cutmix", "mix_prob", "ema_decay", "export_formats"):
         # absl shows boolean flags as --[no]name.
         assert f"--{name}:" in result.stdout or f"--[no]{name}:" in result.stdout, name
 

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 import posixpath
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import flags
 
@@ -25,6 +25,8 @@ OPTIMIZERS = ("sgd", "adamw")
 MODES = ("train", "train_and_eval", "eval", "export")
 JIT_COMPILE = ("auto", "true", "false")
 INIT_MODULES = ("all", "backbone")
+# What --export_formats may list; trainer/edge_runtime.py names each one's file.
+EXPORT_FORMATS = ("saved_model", "tflite_fp16", "tflite_int8", "onnx")
 
 # The CPU demo's flags, applied when --data_dir is not given.
 DEMO_FLAGFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -189,6 +191,15 @@ class TrainConfig:
     mode: str = _option(
         "train_and_eval", "train (then export), train_and_eval (eval every --eval_every and at "
         "the end, then export), eval or export (the latest checkpoint).", choices=MODES)
+    export_formats: tuple[str, ...] = _option(
+        ("saved_model",), "Comma-separated models to export at the end of training and in "
+        "--mode=export. saved_model (always written): encoded image bytes in. tflite_fp16, "
+        "tflite_int8 (full-integer, calibrated on training images) and onnx: for devices, "
+        "written beside it as model_fp16.tflite, model_int8.tflite and model.onnx with "
+        "labels.txt and preprocessing.json; they take uint8 RGB [1, image_size, image_size, 3], "
+        "centre-cropped and resized as preprocessing.json says, and return float32 "
+        "probabilities. They need `pip install -e \".[edge]\"`, checked at start-up.",
+        choices=EXPORT_FORMATS)
 
     @classmethod
     def options(cls) -> list[dataclasses.Field]:
@@ -199,7 +210,12 @@ class TrainConfig:
 def _define(field: dataclasses.Field, flag_values: flags.FlagValues) -> None:
     meta, name, default = field.metadata, field.name, field.default
     kwargs = {"flag_values": flag_values}
-    if meta["choices"]:
+    if isinstance(default, tuple):
+        # A comma-separated list, each item one of the choices.
+        flags.DEFINE_list(name, list(default), meta["help"], **kwargs)
+        flags.register_validator(
+            name, _parses(lambda values: parse_choices(values, meta["choices"])), **kwargs)
+    elif meta["choices"]:
         flags.DEFINE_enum(name, default, meta["choices"], meta["help"], **kwargs)
     elif isinstance(default, bool):
         flags.DEFINE_bool(name, default, meta["help"], **kwargs)
@@ -227,6 +243,18 @@ def parse_profile_steps(value: str | None) -> tuple[int, int] | None:
     if not 0 < first <= last <= MAX_STEPS:
         raise ValueError(f"--profile_steps={value!r} needs 0 < FIRST <= LAST <= {MAX_STEPS}")
     return first, last
+
+
+def parse_choices(values: Sequence[str], choices: Sequence[str]) -> tuple[str, ...]:
+    """A list flag's values, each one of `choices`, in the order given without repeats.
+
+    The message names no flag: absl's validation error starts with the flag and its value.
+    """
+    unknown = [value for value in values if value not in choices]
+    if unknown or not values:
+        raise ValueError(f"{'unknown ' + ', '.join(map(repr, unknown)) if unknown else 'empty'}"
+                         f"; choose from {','.join(choices)}")
+    return tuple(dict.fromkeys(values))
 
 
 RANDAUGMENT_MAX_OPS = 10
@@ -304,5 +332,12 @@ def from_flags(flag_values: flags.FlagValues, *, data_dir: str, paths: Paths) ->
         data_dir=data_dir, paths=paths,
         profile_steps=parse_profile_steps(flag_values.profile_steps),
         randaugment=parse_randaugment(flag_values.randaugment),
-        **{f.name: flag_values[f.name].value for f in TrainConfig.options()},
+        **{f.name: _value(f, flag_values) for f in TrainConfig.options()},
     )
+
+
+def _value(field: dataclasses.Field, flag_values: flags.FlagValues) -> Any:
+    value = flag_values[field.name].value
+    if isinstance(field.default, tuple):  # a list flag
+        return parse_choices(value, field.metadata["choices"])
+    return value

@@ -1,6 +1,13 @@
-"""Checkpoint -> SavedModel whose serving signature takes encoded image bytes."""
+"""Checkpoint -> SavedModel whose serving signature takes encoded image bytes, and edge models.
+
+With --export_formats, the same weights are also converted for devices
+(TFLite float16 and int8, ONNX) and written beside the SavedModel, after it
+is in place: a conversion that fails leaves it there (`trainer/edge_export.py`).
+"""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import keras
 from absl import logging
@@ -9,6 +16,8 @@ import tensorflow as tf
 from input_pipeline import preprocessing
 from input_pipeline import records
 from trainer import checkpoints
+from trainer import edge_export
+from trainer import edge_runtime
 from trainer import ema
 from trainer import models
 
@@ -37,44 +46,67 @@ class _Serving(tf.Module):
         }
 
 
+def check_formats(formats: Sequence[str]) -> None:
+    """At start-up: raises ValueError if a package the formats need does not import."""
+    edge_runtime.check_packages(formats, f"--export_formats={','.join(formats)}",
+                                converting=True)
+
+
 def export_saved_model(checkpoint_path: str, export_dir: str, *, model_name: str, width: int,
-                       image_size: int, info: records.DatasetInfo, averaged: bool = False) -> str:
+                       image_size: int, info: records.DatasetInfo, averaged: bool = False,
+                       formats: Sequence[str] = (edge_runtime.SAVED_MODEL,),
+                       data_dir: str | None = None) -> str:
     """Rebuilds the model in float32 outside any strategy, restores it, and saves.
 
     Rebuilding (rather than saving the training model) gives one path for
     every strategy, TPU included, and float32 serving whatever the training
-    precision. The SavedModel is written to a temporary folder and renamed, so
-    `export_dir` never holds a half-written model.
+    precision. The SavedModel is always written, and first.
 
     Args:
       averaged: serve the checkpoint's weight average (--ema_decay) rather
         than its weights, if it holds one.
+      formats: --export_formats; the edge ones are converted after the
+        SavedModel is in place.
+      data_dir: the records whose training images calibrate int8.
+
+    Raises:
+      edge_export.EdgeExportError: an edge format did not convert (the
+        SavedModel and the other formats are written).
     """
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
         model = models.create_model(model_name, info.num_classes, width=width)
         averaged = _restore(model, checkpoint_path, averaged)
-        module = _Serving(model, info, image_size)
-        tmp, old = export_dir.rstrip("/") + ".tmp", export_dir.rstrip("/") + ".old"
-        if tf.io.gfile.exists(old) and not tf.io.gfile.exists(export_dir):
-            tf.io.gfile.rename(old, export_dir)  # A crash mid-swap: the old model back first.
-        for leftover in (tmp, old):
-            if tf.io.gfile.exists(leftover):
-                tf.io.gfile.rmtree(leftover)
-        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
-        # The previous model moves aside until the new one is in place, so a
-        # crash in between leaves one of the two, never neither.
-        if tf.io.gfile.exists(export_dir):
-            tf.io.gfile.rename(export_dir, old)
-        tf.io.gfile.rename(tmp, export_dir)
-        if tf.io.gfile.exists(old):
-            tf.io.gfile.rmtree(old)
+        _save_whole(_Serving(model, info, image_size), export_dir)
+        logging.info("exported %s%s to %s", checkpoint_path,
+                     " (its weight average)" if averaged else "", export_dir)
+        edge = [fmt for fmt in formats if fmt in edge_runtime.EDGE_FORMATS]
+        if edge:
+            edge_export.export_edge_models(
+                model, export_dir, edge, image_size=image_size, info=info,
+                calibration=edge_export.calibration_images(data_dir, info, image_size))
     finally:
         keras.mixed_precision.set_global_policy(policy)
-    logging.info("exported %s%s to %s", checkpoint_path,
-                 " (its weight average)" if averaged else "", export_dir)
     return export_dir
+
+
+def _save_whole(module: _Serving, export_dir: str) -> None:
+    """Saves to a temporary folder renamed into place: `export_dir` is never half-written."""
+    tmp, old = export_dir.rstrip("/") + ".tmp", export_dir.rstrip("/") + ".old"
+    if tf.io.gfile.exists(old) and not tf.io.gfile.exists(export_dir):
+        tf.io.gfile.rename(old, export_dir)  # A crash mid-swap: the old model back first.
+    for leftover in (tmp, old):
+        if tf.io.gfile.exists(leftover):
+            tf.io.gfile.rmtree(leftover)
+    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+    # The previous model moves aside until the new one is in place, so a
+    # crash in between leaves one of the two, never neither.
+    if tf.io.gfile.exists(export_dir):
+        tf.io.gfile.rename(export_dir, old)
+    tf.io.gfile.rename(tmp, export_dir)
+    if tf.io.gfile.exists(old):
+        tf.io.gfile.rmtree(old)
 
 
 def _restore(model: keras.Model, checkpoint_path: str, averaged: bool) -> bool:

@@ -1,6 +1,10 @@
 """Predicts species for a folder or glob of images and writes a Kaggle submission.
 
     python -m trainer.predict --model_dir=DIR --input=test/ --output=submission.csv
+    python -m trainer.predict --model_dir=DIR --input=test/ --format=tflite_int8
+
+--format picks the exported model: the SavedModel, or an edge model beside
+it run as on a device (LiteRT, onnxruntime; `trainer/edge_runtime.py`).
 
 The CSV has the competition's header `file,species`, one row per predicted
 image (its file name, without the folder), sorted by file name. It is
@@ -36,6 +40,8 @@ from absl import app
 from absl import flags
 
 from input_pipeline.image_suffixes import TF_IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from trainer import edge_runtime
+from trainer.config import EXPORT_FORMATS
 
 # TensorFlow and `input_pipeline.storage` (which imports it) are imported
 # inside the functions that need them, so `--help` and flag errors answer at
@@ -61,6 +67,12 @@ _INPUT = flags.DEFINE_string(
 _OUTPUT = flags.DEFINE_string(
     "output", "submission.csv",
     "Where to write the CSV (local or gs://); its folder must exist.")
+_FORMAT = flags.DEFINE_enum(
+    "format", edge_runtime.SAVED_MODEL, EXPORT_FORMATS,
+    "Which exported model predicts: saved_model, or tflite_fp16, tflite_int8 (the LiteRT "
+    "interpreter, ai-edge-litert) or onnx (onnxruntime), exported beside it with the "
+    "trainer's --export_formats and fed the uint8 images their preprocessing.json describes. "
+    'The edge formats need `pip install -e ".[edge]"`.')
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 32, "Images per call of the model.",
     lower_bound=1, upper_bound=MAX_BATCH_SIZE)
@@ -138,38 +150,47 @@ def list_images(pattern: str) -> list[str]:
     return sorted(files)
 
 
-def find_export_dir(model_dir: str | None, export_dir: str | None) -> str:
-    """The SavedModel folder that --model_dir or --export_dir (one of them) names.
+def find_export_dir(model_dir: str | None, export_dir: str | None,
+                    fmt: str = edge_runtime.SAVED_MODEL) -> str:
+    """The export folder that --model_dir or --export_dir (one of them) names, holding `fmt`.
 
     Checked, not loaded: loading takes seconds.
 
     Raises:
-      storage.PathError: no SavedModel there.
+      storage.PathError: no model of format `fmt` there.
     """
     import tensorflow as tf
     from input_pipeline import storage
 
-    def has_saved_model(folder: str) -> bool:
-        return tf.io.gfile.exists(posixpath.join(folder, "saved_model.pb"))
+    model_file = edge_runtime.MODEL_FILES[fmt]
+    if fmt == edge_runtime.SAVED_MODEL:
+        what, itself, exporting = "SavedModel", "a SavedModel", "--mode=export"
+        hint = " (no saved_model.pb)"
+    else:
+        what, itself = model_file, "an export folder"
+        exporting = f"--mode=export --export_formats={fmt}"
+        hint = f" (export it with `python -m trainer.main {exporting}`)"
+
+    def has_model(folder: str) -> bool:
+        return tf.io.gfile.exists(posixpath.join(folder, model_file))
 
     if export_dir:
         storage.check_input_dir(export_dir, "--export_dir")
-        if not has_saved_model(export_dir):
-            raise storage.PathError(
-                f"--export_dir={export_dir} holds no SavedModel (no saved_model.pb): pass "
-                "the export/ folder inside a training run's --model_dir")
+        if not has_model(export_dir):
+            raise storage.PathError(f"--export_dir={export_dir} holds no {what}{hint}: pass the "
+                                    "export/ folder inside a training run's --model_dir")
         return export_dir
     storage.check_input_dir(model_dir, "--model_dir")
     exported = posixpath.join(model_dir, "export")
-    if has_saved_model(exported):
+    if has_model(exported):
         return exported
-    if has_saved_model(model_dir):
+    if has_model(model_dir):
         raise storage.PathError(
-            f"--model_dir={model_dir} is a SavedModel itself: pass --export_dir={model_dir}")
+            f"--model_dir={model_dir} is {itself} itself: pass --export_dir={model_dir}")
     raise storage.PathError(
-        f"--model_dir={model_dir} holds no SavedModel in export/: let its training finish, "
-        "or export its latest checkpoint with `python -m trainer.main --mode=export` and the "
-        "run's flags")
+        f"--model_dir={model_dir} holds no {what} in export/: let its training finish, or "
+        f"export its latest checkpoint with `python -m trainer.main {exporting}` and the run's "
+        "flags")
 
 
 def check_output(path: str) -> None:
@@ -226,6 +247,8 @@ def error_line(error: Exception) -> str:
         for line in reversed(error.message.splitlines()):
             if line.strip() and not line[0].isspace() and not line.startswith(
                     ("Graph execution error", "Detected at node", "<stack traces")):
+                # A tf.function run eagerly puts its name before the op's message.
+                line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line)
                 return re.sub(r"\s*\[\[.*", "", line).strip()
     return storage.first_line(error)
 
@@ -332,9 +355,12 @@ def main(argv: Sequence[str]) -> None:
     try:
         # Cheapest first, and all before the model loads: a typo costs a second.
         check_output(_OUTPUT.value)
-        export_dir = find_export_dir(_MODEL_DIR.value, _EXPORT_DIR.value)
+        edge_runtime.check_packages([_FORMAT.value], f"--format={_FORMAT.value}",
+                                    converting=False)
+        export_dir = find_export_dir(_MODEL_DIR.value, _EXPORT_DIR.value, _FORMAT.value)
         files = list_images(_INPUT.value)
-        serve = load_serving(export_dir)
+        serve = (load_serving(export_dir) if _FORMAT.value == edge_runtime.SAVED_MODEL
+                 else edge_runtime.load_serving(_FORMAT.value, export_dir))
         rows, skipped = predict(serve, files, _BATCH_SIZE.value, on_skip=_print_skipped)
         if not rows:
             raise ValueError(f"no image could be predicted ({len(skipped)} skipped, listed "

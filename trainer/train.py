@@ -29,6 +29,7 @@ import tensorflow as tf
 from input_pipeline import mixing, records, storage
 from input_pipeline.dataset import create_dataset
 from trainer import checkpoints
+from trainer import edge_runtime
 from trainer import export
 from trainer import memory
 from trainer import periodic
@@ -98,6 +99,8 @@ def run(config: TrainConfig) -> dict[str, Any] | None:
       preemption.Preempted: SIGTERM while training, once the step is saved.
     """
     _check_paths(config)
+    if config.mode != "eval":  # A missing converter, before hours of training.
+        export.check_formats(config.export_formats)
     info = records.read_dataset_info(config.data_dir)
     info = records.with_shard_lengths(info, config.data_dir)  # Once, not at every evaluation.
     runtime = setup_runtime(config.strategy, tpu=config.tpu,
@@ -308,7 +311,8 @@ def _finish(ctx: RunContext) -> dict[str, Any] | None:
     evaluating = (config.mode == "train_and_eval"
                   and _evaluated_step(config.paths.metrics_file) != step)
     exporting = (ctx.runtime.is_chief
-                 and not _export_is_newer(config.paths.export, state.checkpoints.path))
+                 and not _export_is_newer(config.paths.export, state.checkpoints.path,
+                                          config.export_formats))
     if not (evaluating or exporting):
         logging.info("already at step %d of %d: nothing to do", step, ctx.schedule.total_steps)
         return None
@@ -342,12 +346,18 @@ def _evaluated_step(metrics_file: str) -> int | None:
         return json.load(f).get("step")
 
 
-def _export_is_newer(export_dir: str, checkpoint_path: str | None) -> bool:
-    saved_model = posixpath.join(export_dir, "saved_model.pb")
-    if not (checkpoint_path and tf.io.gfile.exists(saved_model)):
+def _export_is_newer(export_dir: str, checkpoint_path: str | None,
+                     formats: tuple[str, ...]) -> bool:
+    """Whether every format asked for is exported from the checkpoint or a later one.
+
+    A rerun of a finished run with another --export_formats exports again.
+    """
+    files = [posixpath.join(export_dir, edge_runtime.MODEL_FILES[fmt])
+             for fmt in (edge_runtime.SAVED_MODEL, *formats)]
+    if not (checkpoint_path and all(tf.io.gfile.exists(f) for f in files)):
         return False
     checkpoint_time = tf.io.gfile.stat(checkpoint_path + ".index").mtime_nsec
-    return tf.io.gfile.stat(saved_model).mtime_nsec >= checkpoint_time
+    return all(tf.io.gfile.stat(f).mtime_nsec >= checkpoint_time for f in files)
 
 
 def _export(ctx: RunContext) -> None:
@@ -355,5 +365,6 @@ def _export(ctx: RunContext) -> None:
     export.export_saved_model(
         ctx.state.checkpoints.path, config.paths.export, model_name=config.model,
         width=config.width, image_size=config.image_size, info=ctx.info,
-        averaged=ctx.state.average is not None,
+        averaged=ctx.state.average is not None, formats=config.export_formats,
+        data_dir=config.data_dir,
     )
