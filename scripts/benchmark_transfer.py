@@ -55,10 +55,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -68,9 +66,11 @@ import bench  # First: puts the repository root on sys.path.
 from absl import flags
 from accuracy_runs import (
     Outcome,
+    SourceRun,
     cell,
     demo_flags,
     folder_name,
+    pretrain_once,
     run_to_target,
     text_table,
     trainer_command,
@@ -84,7 +84,6 @@ SOURCE_SEED, TARGET_SEED = 0, 1
 SCRATCH, FINE_TUNE = "scratch", "fine-tune"
 # A third: the issue's target ratio of fine-tuning's time to scratch's.
 TARGET_RATIO = 1 / 3
-_SOURCE_RUN_FILE = "source_run.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,40 +145,11 @@ def prepare_data(settings: Settings) -> tuple[str, str]:
     return source.records_dir, target.records_dir
 
 
-@dataclasses.dataclass(frozen=True)
-class SourceRun:
-    """The one-off pretraining, as the report shows it."""
-
-    model_dir: str
-    seconds: float  # Process start to exit: start-up, training, evaluation, export.
-    step: int
-    accuracy: float
-    images_per_second: float | None
-    cached: bool = False
-
-
 def pretrain(settings: Settings, records_dir: str) -> SourceRun:
     """Trains on the source set to the end, or reuses an earlier invocation's finished run."""
     model_dir = os.path.join(settings.work_dir, f"source-{settings.source_images_per_class}-"
                              f"per-class-{settings.source_steps}-steps")
-    summary_path = os.path.join(model_dir, _SOURCE_RUN_FILE)
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            return dataclasses.replace(SourceRun(**json.load(f)), model_dir=model_dir, cached=True)
-    # Unfinished (no summary): the trainer would resume it, and its time would be a part.
-    shutil.rmtree(model_dir, ignore_errors=True)
-    command = trainer_command(records_dir, model_dir, settings.source_steps,
-                              settings.source_steps, ())
-    outcome = run_to_target("source run", command, model_dir, target=None)
-    if outcome.error is not None or not outcome.evals:
-        sys.exit(f"error: the source run failed (exit {outcome.exit_code}): "
-                 f"{outcome.error or 'no evaluation written'}; see {model_dir}/trainer.log")
-    final = outcome.evals[-1]
-    run = SourceRun(model_dir, outcome.end_time - outcome.start_time, final.step, final.value,
-                    outcome.images_per_second)
-    with open(summary_path, "w") as f:
-        json.dump(dataclasses.asdict(run), f, indent=2)
-    return run
+    return pretrain_once(records_dir, model_dir, settings.source_steps)
 
 
 # --------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """MultiWorkerMirrored on two processes on 127.0.0.1, laid out as Vertex AI does.
 
 Two workers must compute what one process computes for the same global
-batch, read disjoint shards, evaluate every validation example exactly once,
-and leave the chief as the only writer of the model dir. Workers that
-outnumber the shards are in `test_multiworker_sharding.py`; preemption and
-kill -9 on two workers in `test_preemption_two_workers.py`.
+batch, read disjoint shards (or records, with fewer shards than workers),
+evaluate every validation example exactly once, and leave the chief as the
+only writer of the model dir. Preemption and
+kill -9 on two workers are in `test_preemption.py`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 
 from tests.events import read_events
+from tests.record_fixtures import write_records
 from tests.trainer_fixtures import (
-    REGULARISED, REPO, assert_ok, checkpoint_steps, free_ports, train, vertex_tf_config)
+    REGULARISED, REPO, assert_ok, checkpoint_steps, finish_all, free_ports, train,
+    vertex_tf_config)
 
 
 def test_two_workers_train_evaluate_and_checkpoint_like_one_process(tiny_records, tmp_path,
@@ -66,6 +68,35 @@ def test_two_workers_train_evaluate_and_checkpoint_like_one_process(tiny_records
     assert single["accuracy"] == metrics["accuracy"]
     assert single["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
     assert single["ema"]["accuracy"] == metrics["ema"]["accuracy"]
+
+
+@pytest.mark.parametrize(
+    "workers,num_shards,shard_lengths",
+    [(2, {"train": 4, "validation": 1}, False), (3, {"train": 2, "validation": 2}, True)],
+    ids=["2_workers_1_validation_shard_counted", "3_workers_2_shards_each"],
+)
+def test_workers_outnumbering_the_shards_train_and_evaluate_every_example_once(
+        tmp_path, start_trainers, workers, num_shards, shard_lengths):
+    # Records converted with --num_shards=4 --validation_fraction=0.25 have
+    # one validation shard; the first case's predate shard_lengths, so they
+    # are counted at start-up, before MultiWorkerMirrored starts TensorFlow.
+    data = write_records(str(tmp_path / "data"), num_shards=num_shards,
+                         shard_lengths=shard_lengths)
+    model_dir = str(tmp_path / "model")
+    processes = start_trainers(data.data_dir, model_dir, "--train_steps=2",
+                               "--mode=train_and_eval", f"--batch_size={2 * workers}",
+                               workers=workers)
+    assert finish_all(processes) == [0] * workers, "".join(p.tail() for p in processes)
+    metrics = json.load(open(os.path.join(model_dir, "metrics.json")))
+    assert metrics["step"] == 2 and metrics["num_examples"] == 13
+    for process in processes:
+        assert "(13 examples)" in process.wait_for(r"eval at step 2: .*").group(0)
+        assert bool(process.all(r"counting the records of the \d+ validation shards")) == (
+            not shard_lengths)
+        for split, shards in num_shards.items():
+            if shards < workers:
+                process.wait_for(rf"the {split} split has {shards} shards in .*, fewer than the "
+                                 rf"{workers} input pipelines")
 
 
 MWMS_VS_DEFAULT = r"""

@@ -4,9 +4,9 @@ SIGTERM must cost no step; kill -9 at most the steps since the last complete
 checkpoint; a damaged or unwritable checkpoint must never cost the run. The
 tests drive `python -m trainer.main` as a user or a scheduler would.
 
-SIGTERM and kill -9 on two MultiWorkerMirrored workers are in
-`test_preemption_two_workers.py`, on one process on gs:// in
-`test_gcs_end_to_end.py`.
+`sigterm_kill_9_and_resume` runs here on two MultiWorkerMirrored workers and
+in `test_gcs_end_to_end.py` on one process (the default strategy) on gs://;
+`TrainerProcess` and `start_trainers` serve the multi-worker tests too.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ import tensorflow as tf
 from input_pipeline import records
 from tests.record_fixtures import write_records
 from tests.trainer_fixtures import (
-    REPO, assert_ok, assert_one_line_error, checkpoint_step, checkpoint_steps, train)
+    REGULARISED, REPO, assert_ok, assert_one_line_error, checkpoint_step,
+    checkpoint_steps, list_files, sigterm_kill_9_and_resume,
+    train)
 
 WATCHER_SCRIPT = r"""
 import os, signal, threading, time
@@ -67,6 +69,23 @@ def test_sigterm_stops_a_running_compiled_loop_at_the_next_step():
     assert preempted == "True" and 0 < int(steps) < 10**9
     assert default_restored == "True"  # Leaving the watcher puts SIGTERM back.
     print(f"\nMEASURED compiled loop stopped {stopped_after}s after SIGTERM, after {steps} steps")
+
+
+def test_two_workers_sigterm_loses_no_step_and_kill_9_at_most_the_last_interval(
+        tiny_records, tmp_path, start_trainers):
+    model_dir = str(tmp_path / "model")
+    # With every regulariser: the weight average and the mixing survive both stops.
+    measured = sigterm_kill_9_and_resume(start_trainers, tiny_records.data_dir, model_dir,
+                                         workers=2, list_files=lambda: list_files(model_dir),
+                                         extra_flags=tuple(REGULARISED))
+    assert checkpoint_step(model_dir) == 150
+    # The average went on through both stops: one update per step, none restarted.
+    newest = tf.train.latest_checkpoint(model_dir)
+    assert tf.train.load_variable(newest, "ema/num_updates/.ATTRIBUTES/VARIABLE_VALUE") == 150
+    assert os.path.exists(os.path.join(model_dir, "export", "saved_model.pb"))
+    # The non-chief's scratch checkpoints are gone, even the killed one's.
+    assert not [f for f in os.listdir(f"{model_dir}.tmp-1") if f.startswith("seedlings")]
+    print(f"\nMEASURED two workers: {measured}")
 
 
 @pytest.fixture(scope="module")
