@@ -41,11 +41,12 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
-@pytest.mark.parametrize("name, extra, find_links", [
-    ("Dockerfile", "gpu", None),
-    ("Dockerfile.tpu", "tpu", "https://storage.googleapis.com/libtpu-tf-releases/index.html"),
+# The edge extra: a job with --export_formats finds its converters in the image.
+@pytest.mark.parametrize("name, extras, find_links", [
+    ("Dockerfile", "gpu,edge", None),
+    ("Dockerfile.tpu", "tpu,edge", "https://storage.googleapis.com/libtpu-tf-releases/index.html"),
 ])
-def test_dockerfile(name: str, extra: str, find_links: str | None) -> None:
+def test_dockerfile(name: str, extras: str, find_links: str | None) -> None:
     instructions = dockerfile_instructions(REPO / "launch" / name)
     setup_py = (REPO / "setup.py").read_text()
 
@@ -55,9 +56,10 @@ def test_dockerfile(name: str, extra: str, find_links: str | None) -> None:
     assert match and int(match[1]) >= 10, base
 
     runs = [args for op, args in instructions if op == "RUN"]
-    installs = [r for r in runs if f'pip install ".[{extra}]"' in r]
+    installs = [r for r in runs if f'pip install ".[{extras}]"' in r]
     assert installs, runs
-    assert f'"{extra}": [' in setup_py
+    for extra in extras.split(","):
+        assert f'"{extra}": [' in setup_py
     if find_links:
         assert f"-f {find_links}" in installs[0]
     assert any("pip install --no-deps --force-reinstall ." in r for r in runs)
