@@ -139,6 +139,20 @@ def test_records_converted_before_the_tfds_metadata_still_train(converted, tmp_p
     assert checkpoint_step(model_dir) == 2
 
 
+def test_overwrite_turns_a_folder_of_the_old_layout_into_the_new_one(converted, tmp_path):
+    out, _ = converted
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out, legacy)
+    for name in TFDS_FILES:
+        os.remove(legacy / name)
+    os.replace(legacy / records.INFO_FILE, legacy / records.TFDS_INFO_FILE)
+    images = tmp_path / "in"
+    fx.make_class_folders(str(images), {"Alpha": 3, "Beta": 3}, size=(40, 32))
+    convert(images, legacy, num_shards=1, num_workers=1, overwrite=True)
+    assert tfds.builder_from_directory(str(legacy)).info.splits["train"].num_examples == 4
+    assert records.read_dataset_info(str(legacy)).class_names == ("Alpha", "Beta")
+
+
 def test_a_tfds_folder_the_converter_did_not_write_is_refused_with_the_fix(tfds_dir):
     prepared = os.path.join(tfds_dir, "plants_three_splits", "1.0.0")
     with pytest.raises(FileNotFoundError, match="convert it with .*--tfds_name=NAME"):
@@ -217,6 +231,8 @@ class LocalPlants(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict({
                 "image": tfds.features.Image(shape=(None, None, 3)),
                 "species": tfds.features.ClassLabel(names=STAND_IN_CLASSES),
+                # A second label: the supervised keys say which one is the class.
+                "leaf_stage": tfds.features.ClassLabel(names=["young", "old"]),
             }),
             supervised_keys=("image", "species"), homepage="https://example.org/local",
             license="CC BY 4.0")
@@ -226,7 +242,7 @@ class LocalPlants(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self):
         for key, example in _examples("train", 4):
-            yield key, {"image": example["image"], "species": example["label"]}
+            yield key, {"image": example["image"], "species": example["label"], "leaf_stage": 1}
 
 
 def test_nothing_is_downloaded_unless_asked(tmp_path):
@@ -239,6 +255,7 @@ def test_nothing_is_downloaded_unless_asked(tmp_path):
     info = pipeline.convert(TfdsInput("local_plants", str(data_dir), download=True), str(out),
                             ConvertOptions(num_workers=1, show_progress=False))
     assert (data_dir / "local_plants" / "2.0.0" / records.TFDS_INFO_FILE).exists()
+    assert info["class_names"] == STAND_IN_CLASSES
     assert info["tfds"]["license"] == "CC BY 4.0"
     assert sum(e["num_examples"] for e in info["splits"].values()) == 12
     assert tfds.builder_from_directory(str(out)).info.redistribution_info.license == "CC BY 4.0"
@@ -251,7 +268,14 @@ def test_tfds_data_sets_this_converter_cannot_read_are_one_line_errors(tfds_dir,
     _store("plants_text_labels", tfds_dir,
            {"train": [(k, {"image": e["image"], "label": "x"}) for k, e in _examples("train", 1)]},
            text_labels)
+    two_labels = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3)),
+        "label": tfds.features.ClassLabel(names=STAND_IN_CLASSES),
+        "stage": tfds.features.ClassLabel(names=["young", "old"])})
+    _store("plants_two_labels", tfds_dir,
+           {"train": [(k, {**e, "stage": 0}) for k, e in _examples("train", 1)]}, two_labels)
     cases = {
+        "plants_two_labels": "needs one ClassLabel feature, it has label, stage",
         "no_such_data_set": "TFDS has no data set of that name",
         "plants_three_splits:9.9.9": "TFDS has no data set of that name or version",
         "plants_text_labels": "needs one ClassLabel feature, it has none",

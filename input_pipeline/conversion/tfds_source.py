@@ -97,10 +97,11 @@ def _pick(info: tfds.core.DatasetInfo, kind: type, position: int, what: str) -> 
     if len(paths) > 1 and isinstance(keys, tuple) and isinstance(keys[position], str):
         paths = [p for p in paths if "/".join(p) == keys[position]]
     if len(paths) != 1:
-        names = ", ".join("/".join(p) for p in _paths_of(info.features, kind)) or "none"
+        # Sorted: TFDS gives a prepared data set's features in no fixed order.
+        names = ", ".join(sorted("/".join(p) for p in _paths_of(info.features, kind))) or "none"
         raise ConversionError(
             f"--tfds_name={info.full_name} needs one {what} feature, it has {names} "
-            f"(its features: {', '.join(info.features.keys())}): not an image "
+            f"(its features: {', '.join(sorted(info.features.keys()))}): not an image "
             "classification data set this converter can read")
     return paths[0]
 
